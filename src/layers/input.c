@@ -1,0 +1,10 @@
+/* Input, DummyData: not implemented yet. */
+#include "layers/layers.h"
+
+static mtl_status stub_setup(mtl_layer *l, mtl_error *err)
+{
+    return mtl_layer_fail(l, err, MTL_ERR_UNSUPPORTED, "not implemented yet");
+}
+
+const mtl_layer_ops mtl_layer_input = {.type = "Input", .min_bottoms = 0, .max_bottoms = -1, .min_tops = 0, .max_tops = -1, .setup = stub_setup};
+const mtl_layer_ops mtl_layer_dummy_data = {.type = "DummyData", .min_bottoms = 0, .max_bottoms = -1, .min_tops = 0, .max_tops = -1, .setup = stub_setup};
