@@ -12,32 +12,52 @@ _Static_assert(sizeof(filler_types) / sizeof(filler_types[0]) == FILLER_COUNT, "
 
 static const char *const variance_norms[] = {"FAN_IN", "FAN_OUT", "AVERAGE"};
 
-mtl_status mtl_filler_fill(mtl_cfg_node *filler, mtl_tensor *t, mtl_rng *rng, mtl_error *err)
-{
-    const char *type = "constant";
+typedef struct filler_spec {
+    int kind;
     double value, lo, hi, mean, std;
     int64_t sparse;
     int norm;
-    MTL_TRY(mtl_cfg_string(filler, "type", "constant", &type, err));
-    MTL_TRY(mtl_cfg_float(filler, "value", 0.0, &value, err));
-    MTL_TRY(mtl_cfg_float(filler, "min", 0.0, &lo, err));
-    MTL_TRY(mtl_cfg_float(filler, "max", 1.0, &hi, err));
-    MTL_TRY(mtl_cfg_float(filler, "mean", 0.0, &mean, err));
-    MTL_TRY(mtl_cfg_float(filler, "std", 1.0, &std, err));
-    MTL_TRY(mtl_cfg_int(filler, "sparse", -1, &sparse, err));
-    MTL_TRY(mtl_cfg_enum(filler, "variance_norm", variance_norms, 3, 0, &norm, err));
+} filler_spec;
 
-    int kind = -1;
+/* Reads every field of a filler message (so none is reported unknown) and checks the type. */
+static mtl_status read_filler(mtl_cfg_node *filler, filler_spec *f, mtl_error *err)
+{
+    const char *type = "constant";
+    MTL_TRY(mtl_cfg_string(filler, "type", "constant", &type, err));
+    MTL_TRY(mtl_cfg_float(filler, "value", 0.0, &f->value, err));
+    MTL_TRY(mtl_cfg_float(filler, "min", 0.0, &f->lo, err));
+    MTL_TRY(mtl_cfg_float(filler, "max", 1.0, &f->hi, err));
+    MTL_TRY(mtl_cfg_float(filler, "mean", 0.0, &f->mean, err));
+    MTL_TRY(mtl_cfg_float(filler, "std", 1.0, &f->std, err));
+    MTL_TRY(mtl_cfg_int(filler, "sparse", -1, &f->sparse, err));
+    MTL_TRY(mtl_cfg_enum(filler, "variance_norm", variance_norms, 3, 0, &f->norm, err));
+    f->kind = -1;
     for (int i = 0; i < FILLER_COUNT; i++)
         if (strcmp(type, filler_types[i]) == 0)
-            kind = i;
-    if (kind < 0) {
+            f->kind = i;
+    if (f->kind < 0) {
         char hint[256];
         int n = mtl_cfg_suggest(type, filler_types, FILLER_COUNT, 3, hint, sizeof(hint));
         return mtl_cfg_fail(mtl_cfg_field(filler, "type", 0), err, MTL_ERR_CONFIG,
                             "unknown filler type '%s'; %s%s", type, n ? "did you mean " : "valid types: ",
                             n ? hint : "constant, uniform, gaussian, xavier, msra, positive_unitball, bilinear");
     }
+    return MTL_OK;
+}
+
+mtl_status mtl_filler_check(mtl_cfg_node *filler, mtl_error *err)
+{
+    filler_spec f;
+    return read_filler(filler, &f, err);
+}
+
+mtl_status mtl_filler_fill(mtl_cfg_node *filler, mtl_tensor *t, mtl_rng *rng, mtl_error *err)
+{
+    filler_spec f;
+    MTL_TRY(read_filler(filler, &f, err));
+    double value = f.value, lo = f.lo, hi = f.hi, mean = f.mean, std = f.std;
+    int64_t sparse = f.sparse;
+    int norm = f.norm, kind = f.kind;
     float *data = t->data;
     int64_t count = t->count;
     int64_t fan_in = t->ndim > 0 && t->shape[0] ? count / t->shape[0] : count;

@@ -21,10 +21,10 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "mtl/mtl.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 
-typedef enum mtl_phase { MTL_PHASE_TRAIN = 0, MTL_PHASE_TEST = 1 } mtl_phase;
 
 typedef struct mtl_layer mtl_layer;
 

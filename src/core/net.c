@@ -210,23 +210,31 @@ static mtl_status insert_splits(desc_list *in, desc_list *out, mtl_error *err)
 {
     int n = in->n;
     /* for every (layer, top): how many consumers, and which k-th consumer each bottom is */
+    /* consumers[i][t] counts readers of top t of layer i; weighted[i][t] whether a loss weighs it
+     * (taken before layers move to `out`, where weights may move onto splits) */
     int **consumers = calloc((size_t)(n ? n : 1), sizeof(int *));
+    int **weighted = calloc((size_t)(n ? n : 1), sizeof(int *));
+    const char **names = calloc((size_t)(n ? n : 1), sizeof(char *)); /* strings survive the move */
     int **bottom_split_index = calloc((size_t)(n ? n : 1), sizeof(int *));
     top_ref **bottom_source = calloc((size_t)(n ? n : 1), sizeof(top_ref *));
     mtl_status st = MTL_OK;
-    if (!consumers || !bottom_split_index || !bottom_source) {
+    if (!consumers || !weighted || !names || !bottom_split_index || !bottom_source) {
         st = mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
         goto done;
     }
     for (int i = 0; i < n; i++) {
         layer_desc *d = &in->items[i];
         consumers[i] = calloc((size_t)(d->n_tops ? d->n_tops : 1), sizeof(int));
+        weighted[i] = calloc((size_t)(d->n_tops ? d->n_tops : 1), sizeof(int));
         bottom_split_index[i] = calloc((size_t)(d->n_bottoms ? d->n_bottoms : 1), sizeof(int));
         bottom_source[i] = calloc((size_t)(d->n_bottoms ? d->n_bottoms : 1), sizeof(top_ref));
-        if (!consumers[i] || !bottom_split_index[i] || !bottom_source[i]) {
+        if (!consumers[i] || !weighted[i] || !bottom_split_index[i] || !bottom_source[i]) {
             st = mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
             goto done;
         }
+        for (int t = 0; t < d->n_tops; t++)
+            weighted[i][t] = d->loss_weights[t] != 0.0f;
+        names[i] = d->name;
     }
     for (int i = 0; i < n; i++) {
         layer_desc *d = &in->items[i];
@@ -248,11 +256,11 @@ static mtl_status insert_splits(desc_list *in, desc_list *out, mtl_error *err)
             top_ref src = bottom_source[i][b];
             if (src.layer < 0)
                 continue;
-            int count = consumers[src.layer][src.top] + (in->items[src.layer].loss_weights[src.top] != 0.0f);
+            int count = consumers[src.layer][src.top] + weighted[src.layer][src.top];
             if (count > 1) {
                 char name[1024];
-                int k = bottom_split_index[i][b] + (in->items[src.layer].loss_weights[src.top] != 0.0f);
-                snprintf(name, sizeof(name), "%s_%s_%d_split_%d", d->bottoms[b], in->items[src.layer].name,
+                int k = bottom_split_index[i][b] + weighted[src.layer][src.top];
+                snprintf(name, sizeof(name), "%s_%s_%d_split_%d", d->bottoms[b], names[src.layer],
                          src.top, k);
                 free(d->bottoms[b]);
                 if (!(d->bottoms[b] = mtl_strdup(name))) {
@@ -271,8 +279,8 @@ static mtl_status insert_splits(desc_list *in, desc_list *out, mtl_error *err)
         memset(d, 0, sizeof(*d));
         d = moved;
         for (int t = 0; t < d->n_tops; t++) {
-            int weighted = d->loss_weights[t] != 0.0f;
-            int count = consumers[i][t] + weighted;
+            int is_weighted = d->loss_weights[t] != 0.0f;
+            int count = consumers[i][t] + is_weighted;
             if (count <= 1)
                 continue;
             char *blob = d->tops[t];
@@ -308,7 +316,7 @@ static mtl_status insert_splits(desc_list *in, desc_list *out, mtl_error *err)
                     goto done;
                 }
             }
-            if (weighted) { /* the loss keeps its weight on the split's first output */
+            if (is_weighted) { /* the loss keeps its weight on the split's first output */
                 s->loss_weights[0] = d->loss_weights[t];
                 d->loss_weights[t] = 0.0f;
             }
@@ -318,12 +326,16 @@ done:
     for (int i = 0; i < n; i++) {
         if (consumers)
             free(consumers[i]);
+        if (weighted)
+            free(weighted[i]);
         if (bottom_split_index)
             free(bottom_split_index[i]);
         if (bottom_source)
             free(bottom_source[i]);
     }
     free(consumers);
+    free(weighted);
+    free(names);
     free(bottom_split_index);
     free(bottom_source);
     return st;
@@ -684,7 +696,13 @@ static mtl_status setup_params(mtl_net *net, const mtl_net *share, mtl_error *er
                 mtl_param_slot *slot = &net->slots[net->layer_param_slot[i][p]];
                 mtl_tensor_set_view(net->layers[i]->params[p], slot->data, slot->grad);
             }
-        /* fillers run once per slot that this net owns */
+        /* fillers run once per slot that this net owns; the others are only checked */
+        for (int i = 0; i < net->n_layers && st == MTL_OK; i++)
+            for (int p = 0; p < net->layers[i]->n_params && st == MTL_OK; p++) {
+                int s = net->layer_param_slot[i][p];
+                if (external[s] || net->slots[s].owner_layer != i || net->slots[s].owner_index != p)
+                    st = mtl_filler_check(net->layers[i]->param_specs[p].filler, err);
+            }
         for (int s = 0; s < net->n_slots && st == MTL_OK; s++) {
             if (external[s])
                 continue;
@@ -795,13 +813,25 @@ static mtl_status analyse_outputs_and_tasks(mtl_net *net, mtl_error *err)
         /* an in-place chain writes one tensor; it is an output if its last writer's top is unread */
         net->output_blobs[net->n_outputs++] = i;
     }
+    /* tops whose gradient no reader writes (unread, or read only by layers without backward,
+     * such as Accuracy) are zeroed before each backward, so their producer reads zeros */
+    uint8_t *grad_written = calloc((size_t)(net->n_blobs ? net->n_blobs : 1), 1);
+    if (!grad_written) {
+        st = mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++)
+        for (int b = 0; b < net->layers[i]->n_bottoms; b++)
+            if (net->layer_needs_backward[i] && net->layers[i]->propagate_down[b])
+                grad_written[mtl_net_tensor_index(net, net->layers[i]->bottoms[b])] = 1;
     for (int i = 0; i < n; i++) {
         mtl_layer *l = net->layers[i];
         for (int t = 0; t < l->n_tops; t++)
-            if (l->loss_weights[t] == 0.0f && !consumed[mtl_net_tensor_index(net, l->tops[t])] &&
+            if (l->loss_weights[t] == 0.0f && !grad_written[mtl_net_tensor_index(net, l->tops[t])] &&
                 net->layer_needs_backward[i])
                 net->dangling[net->n_dangling++] = l->tops[t];
     }
+    free(grad_written);
     /* tasks: every weighted top */
     for (int i = 0; i < n; i++)
         for (int t = 0; t < net->layers[i]->n_tops; t++)
@@ -956,8 +986,8 @@ static mtl_status build(mtl_net *net, mtl_cfg_node *root, const mtl_net_options 
     desc_list_free(&list);
     if (st != MTL_OK)
         return st;
+    MTL_TRY(setup_params(net, opts->share, err)); /* fillers read their fields here */
     MTL_TRY(mtl_cfg_check_unused(root, err));
-    MTL_TRY(setup_params(net, opts->share, err));
     MTL_TRY(analyse_backward(net, force_backward, err));
     MTL_TRY(analyse_outputs_and_tasks(net, err));
     return MTL_OK;
@@ -1110,7 +1140,7 @@ mtl_status mtl_net_forward(mtl_net *net, double *loss_out, mtl_error *err)
     return MTL_OK;
 }
 
-static void backward_with(mtl_net *net, const float *task_weights)
+void mtl_net_seed_loss_grads(mtl_net *net, const float *task_weights)
 {
     for (int i = 0; i < net->n_dangling; i++)
         mtl_tensor_zero_grad(net->dangling[i]);
@@ -1126,6 +1156,11 @@ static void backward_with(mtl_net *net, const float *task_weights)
                 l->tops[t]->grad[k] = w;
         }
     }
+}
+
+static void backward_with(mtl_net *net, const float *task_weights)
+{
+    mtl_net_seed_loss_grads(net, task_weights);
     for (int i = net->n_layers - 1; i >= 0; i--)
         if (net->layer_needs_backward[i])
             net->layers[i]->ops->backward(net->layers[i]);

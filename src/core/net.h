@@ -94,6 +94,9 @@ void mtl_net_backward(mtl_net *net);
 /* Backward with weights[t] for task t instead of loss_weight (per-task gradients, balancing). */
 void mtl_net_backward_weighted(mtl_net *net, const float *task_weights);
 void mtl_net_zero_param_grad(mtl_net *net);
+/* The first step of backward: loss tops' gradients set to their weight (or task_weights[t] when
+ * not NULL) and unread tops' gradients zeroed. For callers that run the layers themselves. */
+void mtl_net_seed_loss_grads(mtl_net *net, const float *task_weights);
 
 /* Re-runs shape inference after an input blob changed shape. */
 mtl_status mtl_net_reshape(mtl_net *net, mtl_error *err);

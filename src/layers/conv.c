@@ -1,9 +1,410 @@
-/* Convolution: not implemented yet. */
+/* Convolution with Caffe's semantics (2D, NCHW, groups, dilation; as many tops as bottoms, all
+ * sharing the weights). Threads take contiguous ranges of images; each image is im2col plus one
+ * single-threaded sgemm per group, and weight gradients are summed per thread, then added up in
+ * thread order, so results are deterministic for a given thread count. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "core/filler.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "layers/layers.h"
 
-static mtl_status stub_setup(mtl_layer *l, mtl_error *err)
+typedef struct conv_state {
+    int num_output, bias_term, group;
+    int kernel[2], pad[2], stride[2], dilation[2]; /* (height, width) */
+    int channels;
+    int axis;             /* as given; only the channel axis (1) is supported */
+    mtl_conv_geom geom;   /* of one group of one image; set by reshape */
+    int direct;           /* 1x1 kernel, stride 1, no padding: the image is its own column matrix */
+    int threads;          /* team size the scratch below is sized for */
+    int64_t col_count;    /* per thread */
+    float *col;           /* threads x col_count */
+    int64_t col_capacity;
+    float *partial;       /* threads x (weights + bias): per-thread parameter gradients */
+    int64_t partial_capacity;
+} conv_state;
+
+/* A 2D size given as `name` (once, or once per spatial axis) or as name_h and name_w. */
+static mtl_status read_spatial(mtl_layer *l, mtl_cfg_node *p, const char *name, const char *name_h,
+                               const char *name_w, int def, int min, int out[2], int *given, mtl_error *err)
 {
-    return mtl_layer_fail(l, err, MTL_ERR_UNSUPPORTED, "not implemented yet");
+    int n = mtl_cfg_count(p, name);
+    int has_h = name_h && mtl_cfg_count(p, name_h) > 0;
+    int has_w = name_w && mtl_cfg_count(p, name_w) > 0;
+    *given = n > 0 || has_h || has_w;
+    out[0] = out[1] = def;
+    if (has_h || has_w) {
+        if (n > 0)
+            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "give either %s or %s and %s, not both", name, name_h,
+                                  name_w);
+        if (!has_h || !has_w)
+            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "%s and %s must be given together", name_h, name_w);
+        int64_t h, w;
+        MTL_TRY(mtl_cfg_int_range(p, name_h, def, min, INT_MAX, &h, err));
+        MTL_TRY(mtl_cfg_int_range(p, name_w, def, min, INT_MAX, &w, err));
+        out[0] = (int)h;
+        out[1] = (int)w;
+        return MTL_OK;
+    }
+    if (n > 2)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
+                              "%s is given %d times: give it once, or once per spatial axis (height, width)", name, n);
+    for (int i = 0; i < n; i++) {
+        int64_t v;
+        MTL_TRY(mtl_cfg_int_at(p, name, i, &v, err));
+        if (v < min || v > INT_MAX)
+            return mtl_cfg_fail(mtl_cfg_field(p, name, i), err, MTL_ERR_CONFIG, "%s %lld is out of range (at least %d)",
+                                name, (long long)v, min);
+        out[i] = (int)v;
+        if (n == 1)
+            out[1] = (int)v;
+    }
+    return MTL_OK;
 }
 
-const mtl_layer_ops mtl_layer_convolution = {.type = "Convolution", .min_bottoms = 0, .max_bottoms = -1, .min_tops = 0, .max_tops = -1, .setup = stub_setup};
+/* Caffe ignores bias_filler when bias_term is false. Running the filler on a throwaway tensor
+ * from a throwaway generator still validates it and marks its fields as read. */
+static mtl_status read_unused_filler(mtl_cfg_node *filler, int n, mtl_error *err)
+{
+    if (!filler)
+        return MTL_OK;
+    mtl_tensor *t = mtl_tensor_create("unused bias");
+    if (!t)
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    mtl_rng rng;
+    mtl_rng_seed(&rng, 1);
+    mtl_status st = mtl_tensor_reshape(t, 1, &n, err);
+    if (st == MTL_OK)
+        st = mtl_filler_fill(filler, t, &rng, err);
+    mtl_tensor_free(t);
+    return st;
+}
+
+static mtl_status conv_setup(mtl_layer *l, mtl_error *err)
+{
+    if (l->n_tops != l->n_bottoms)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "takes as many tops as bottoms (%d bottoms, %d tops)",
+                              l->n_bottoms, l->n_tops);
+    mtl_cfg_node *p = NULL;
+    MTL_TRY(mtl_layer_param_message(l, "convolution_param", &p, err));
+    conv_state *s = mtl_calloc_or_fail(1, sizeof(*s), err, "Convolution state");
+    if (!s)
+        return MTL_ERR_NOMEM;
+    l->priv = s;
+
+    int64_t num_output, group, axis;
+    int given;
+    MTL_TRY(mtl_cfg_int_range(p, "num_output", 0, 0, INT_MAX, &num_output, err));
+    MTL_TRY(mtl_cfg_bool(p, "bias_term", 1, &s->bias_term, err));
+    MTL_TRY(read_spatial(l, p, "kernel_size", "kernel_h", "kernel_w", 0, 1, s->kernel, &given, err));
+    if (!given)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "kernel_size (or kernel_h and kernel_w) is required");
+    MTL_TRY(read_spatial(l, p, "pad", "pad_h", "pad_w", 0, 0, s->pad, &given, err));
+    MTL_TRY(read_spatial(l, p, "stride", "stride_h", "stride_w", 1, 1, s->stride, &given, err));
+    MTL_TRY(read_spatial(l, p, "dilation", NULL, NULL, 1, 1, s->dilation, &given, err));
+    MTL_TRY(mtl_cfg_int_range(p, "group", 1, 1, INT_MAX, &group, err));
+    MTL_TRY(mtl_cfg_int(p, "axis", 1, &axis, err));
+    int force_nd;
+    MTL_TRY(mtl_cfg_bool(p, "force_nd_im2col", 0, &force_nd, err)); /* one im2col serves every case */
+    mtl_cfg_accept(p, "engine");                                     /* CAFFE / CUDNN: mtl has one engine */
+    mtl_cfg_node *weight_filler = NULL, *bias_filler = NULL;
+    MTL_TRY(mtl_cfg_message(p, "weight_filler", &weight_filler, err));
+    MTL_TRY(mtl_cfg_message(p, "bias_filler", &bias_filler, err));
+    if (num_output == 0)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
+                              "convolution_param { num_output } is required (a positive number of filters)");
+
+    const mtl_tensor *x = l->bottoms[0];
+    if (axis < INT_MIN || axis > INT_MAX || mtl_tensor_axis(x, (int)axis) < 0)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "axis %lld is out of range for a bottom with %d axes",
+                              (long long)axis, x->ndim);
+    if (mtl_tensor_axis(x, (int)axis) != 1)
+        return mtl_layer_fail(l, err, MTL_ERR_UNSUPPORTED,
+                              "axis %lld: only channels at axis 1 (N, C, H, W) are supported", (long long)axis);
+    if (x->ndim != 4)
+        return mtl_layer_fail(l, err, MTL_ERR_UNSUPPORTED,
+                              "only 2D convolution is supported: the bottom has %d spatial axes (N, C, H, W wanted)",
+                              x->ndim - 2);
+    s->num_output = (int)num_output;
+    s->group = (int)group;
+    s->axis = (int)axis;
+    s->channels = x->shape[1];
+    if (s->channels % s->group != 0)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "group %d does not divide the %d input channels", s->group,
+                              s->channels);
+    if (s->num_output % s->group != 0)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "group %d does not divide num_output %d", s->group,
+                              s->num_output);
+
+    int wshape[4] = {s->num_output, s->channels / s->group, s->kernel[0], s->kernel[1]};
+    MTL_TRY(mtl_layer_add_param(l, 4, wshape, weight_filler, err));
+    if (s->bias_term)
+        MTL_TRY(mtl_layer_add_param(l, 1, &s->num_output, bias_filler, err));
+    else
+        MTL_TRY(read_unused_filler(bias_filler, s->num_output, err));
+    mtl_cpu_init();
+    return MTL_OK;
+}
+
+static mtl_status reserve(const mtl_layer *l, float **buf, int64_t *capacity, int64_t n, mtl_error *err)
+{
+    if (n <= *capacity)
+        return MTL_OK;
+    float *p = mtl_aligned_alloc((size_t)n * sizeof(float));
+    if (!p)
+        return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for %lld scratch values", (long long)n);
+    mtl_aligned_free(*buf);
+    *buf = p;
+    *capacity = n;
+    return MTL_OK;
+}
+
+/* Output extent along one axis, or -1 when the dilated kernel does not fit the padded input. */
+static int out_size(int in, int kernel, int pad, int stride, int dilation)
+{
+    int64_t extent = (int64_t)dilation * (kernel - 1) + 1;
+    int64_t room = (int64_t)in + 2 * (int64_t)pad - extent;
+    return room < 0 ? -1 : (int)(room / stride + 1);
+}
+
+static mtl_status conv_reshape(mtl_layer *l, mtl_error *err)
+{
+    conv_state *s = l->priv;
+    const mtl_tensor *x = l->bottoms[0];
+    char have[64], want[64];
+    for (int i = 0; i < l->n_bottoms; i++) {
+        const mtl_tensor *b = l->bottoms[i];
+        if (b->ndim != 4)
+            return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "bottom %d has shape %s: 4 axes (N, C, H, W) wanted", i,
+                                  mtl_tensor_shape_str(b, have, sizeof(have)));
+        if (!mtl_tensor_same_shape(b, x))
+            return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "bottom %d has shape %s, bottom 0 %s: all must match", i,
+                                  mtl_tensor_shape_str(b, have, sizeof(have)),
+                                  mtl_tensor_shape_str(x, want, sizeof(want)));
+    }
+    if (x->shape[1] != s->channels)
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "bottom has %d channels, the weights were made for %d",
+                              x->shape[1], s->channels);
+    int n = x->shape[0], height = x->shape[2], width = x->shape[3];
+    int out_h = out_size(height, s->kernel[0], s->pad[0], s->stride[0], s->dilation[0]);
+    int out_w = out_size(width, s->kernel[1], s->pad[1], s->stride[1], s->dilation[1]);
+    if (out_h < 0 || out_w < 0)
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE,
+                              "kernel %dx%d (dilation %dx%d) is larger than the padded input %dx%d (%dx%d plus pad %dx%d)",
+                              s->kernel[0], s->kernel[1], s->dilation[0], s->dilation[1], height + 2 * s->pad[0],
+                              width + 2 * s->pad[1], height, width, s->pad[0], s->pad[1]);
+    s->geom = (mtl_conv_geom){.channels = s->channels / s->group,
+                              .height = height,
+                              .width = width,
+                              .kernel_h = s->kernel[0],
+                              .kernel_w = s->kernel[1],
+                              .pad_h = s->pad[0],
+                              .pad_w = s->pad[1],
+                              .stride_h = s->stride[0],
+                              .stride_w = s->stride[1],
+                              .dilation_h = s->dilation[0],
+                              .dilation_w = s->dilation[1],
+                              .out_h = out_h,
+                              .out_w = out_w};
+    s->direct = s->kernel[0] == 1 && s->kernel[1] == 1 && s->stride[0] == 1 && s->stride[1] == 1 &&
+                s->pad[0] == 0 && s->pad[1] == 0;
+    for (int i = 0; i < l->n_tops; i++)
+        MTL_TRY(mtl_tensor_reshape4(l->tops[i], n, s->num_output, out_h, out_w, err));
+
+    int threads = mtl_cpu_max_threads();
+    if (threads > n)
+        threads = n > 0 ? n : 1;
+    s->threads = threads;
+    s->col_count = s->direct ? 0 : (int64_t)s->geom.channels * s->kernel[0] * s->kernel[1] * out_h * out_w;
+    MTL_TRY(reserve(l, &s->col, &s->col_capacity, threads * s->col_count, err));
+    int64_t params = l->params[0]->count + (s->bias_term ? s->num_output : 0);
+    MTL_TRY(reserve(l, &s->partial, &s->partial_capacity, threads * params, err));
+    return MTL_OK;
+}
+
+/* One image: y (num_output x P) = W * im2col(x) + bias, per group. */
+static void forward_image(const conv_state *s, const float *w, const float *bias, const float *x, float *y,
+                          float *col)
+{
+    const mtl_conv_geom *g = &s->geom;
+    const int p = g->out_h * g->out_w;
+    const int m = s->num_output / s->group;
+    const int k = g->channels * g->kernel_h * g->kernel_w;
+    for (int grp = 0; grp < s->group; grp++) {
+        const float *xg = x + (int64_t)grp * g->channels * g->height * g->width; /* (C/group, H, W) */
+        float *yg = y + (int64_t)grp * m * p;                                   /* (M/group, P) */
+        const float *cols = xg;
+        if (!s->direct) {
+            mtl_cpu_im2col(g, xg, col, p);
+            cols = col;
+        }
+        float beta = 0.0f;
+        if (bias) {
+            for (int i = 0; i < m; i++) {
+                float b = bias[grp * m + i];
+                for (int j = 0; j < p; j++)
+                    yg[(int64_t)i * p + j] = b;
+            }
+            beta = 1.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, p, k, 1.0f, w + (int64_t)grp * m * k, k, cols, p,
+                    beta, yg, p);
+    }
+}
+
+static mtl_status conv_forward(mtl_layer *l, mtl_error *err)
+{
+    (void)err;
+    conv_state *s = l->priv;
+    const float *w = l->params[0]->data;
+    const float *bias = s->bias_term ? l->params[1]->data : NULL;
+    const int64_t in_count = mtl_tensor_count_range(l->bottoms[0], 1, 4);
+    const int64_t out_count = mtl_tensor_count_range(l->tops[0], 1, 4);
+    const int n = l->bottoms[0]->shape[0];
+    for (int b = 0; b < l->n_bottoms; b++) {
+        const float *x = l->bottoms[b]->data; /* (N, C, H, W) */
+        float *y = l->tops[b]->data;          /* (N, num_output, out_h, out_w) */
+MTL_OMP("omp parallel num_threads(s->threads)")
+        {
+            int t = mtl_cpu_thread_id();
+            int64_t i0, i1;
+            mtl_cpu_range(n, mtl_cpu_team_size(), t, &i0, &i1);
+            float *col = s->col + t * s->col_count;
+            for (int64_t i = i0; i < i1; i++)
+                forward_image(s, w, bias, x + i * in_count, y + i * out_count, col);
+        }
+    }
+    return MTL_OK;
+}
+
+/* One image's share of the gradients: dw (+=) = dy * im2col(x)^T, db (+=) = row sums of dy,
+ * dx = col2im(W^T * dy); dw, db and dx may be NULL when not wanted. */
+static void backward_image(const conv_state *s, const float *w, const float *x, const float *dy, float *dw, float *db,
+                           float *dx, float *col)
+{
+    const mtl_conv_geom *g = &s->geom;
+    const int p = g->out_h * g->out_w;
+    const int m = s->num_output / s->group;
+    const int k = g->channels * g->kernel_h * g->kernel_w;
+    const int64_t in_group = (int64_t)g->channels * g->height * g->width;
+    for (int grp = 0; grp < s->group; grp++) {
+        const float *dyg = dy + (int64_t)grp * m * p; /* (M/group, P) */
+        if (db) {
+            for (int i = 0; i < m; i++) {
+                const float *row = dyg + (int64_t)i * p;
+                float sum = 0.0f;
+                for (int j = 0; j < p; j++)
+                    sum += row[j];
+                db[grp * m + i] += sum;
+            }
+        }
+        if (dw) {
+            const float *xg = x + grp * in_group;
+            const float *cols = xg;
+            if (!s->direct) {
+                mtl_cpu_im2col(g, xg, col, p);
+                cols = col;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, p, 1.0f, dyg, p, cols, p, 1.0f,
+                        dw + (int64_t)grp * m * k, k);
+        }
+        if (dx) {
+            float *dxg = dx + grp * in_group;
+            float *dcols = s->direct ? dxg : col;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, p, m, 1.0f, w + (int64_t)grp * m * k, k, dyg, p,
+                        0.0f, dcols, p);
+            if (!s->direct)
+                mtl_cpu_col2im(g, col, p, dxg);
+        }
+    }
+}
+
+static void conv_backward(mtl_layer *l)
+{
+    conv_state *s = l->priv;
+    const int need_w = mtl_layer_param_needs_grad(l, 0);
+    const int need_b = s->bias_term && mtl_layer_param_needs_grad(l, 1);
+    const float *w = l->params[0]->data;
+    const int64_t wcount = l->params[0]->count;
+    const int64_t params = wcount + (s->bias_term ? s->num_output : 0);
+    const int64_t in_count = mtl_tensor_count_range(l->bottoms[0], 1, 4);
+    const int64_t out_count = mtl_tensor_count_range(l->tops[0], 1, 4);
+    const int n = l->bottoms[0]->shape[0];
+    int team = 1;
+    if (need_w || need_b)
+        memset(s->partial, 0, (size_t)(s->threads * params) * sizeof(float));
+    for (int b = 0; b < l->n_bottoms; b++) {
+        const int need_x = l->propagate_down[b];
+        if (!need_w && !need_b && !need_x)
+            continue;
+        const float *x = l->bottoms[b]->data; /* (N, C, H, W) */
+        const float *dy = l->tops[b]->grad;   /* (N, num_output, out_h, out_w) */
+        float *dx = need_x ? l->bottoms[b]->grad : NULL;
+MTL_OMP("omp parallel num_threads(s->threads)")
+        {
+            int t = mtl_cpu_thread_id();
+            if (t == 0)
+                team = mtl_cpu_team_size();
+            int64_t i0, i1;
+            mtl_cpu_range(n, mtl_cpu_team_size(), t, &i0, &i1);
+            float *col = s->col + t * s->col_count;
+            float *dw = need_w ? s->partial + t * params : NULL;
+            float *db = need_b ? s->partial + t * params + wcount : NULL;
+            for (int64_t i = i0; i < i1; i++)
+                backward_image(s, w, x + i * in_count, dy + i * out_count, dw, db, dx ? dx + i * in_count : NULL,
+                               col);
+        }
+    }
+    /* per-thread sums added in thread order: the same bits for the same thread count */
+    if (need_w) {
+        float *grad = l->params[0]->grad;
+        for (int t = 0; t < team; t++) {
+            const float *part = s->partial + t * params;
+            for (int64_t i = 0; i < wcount; i++)
+                grad[i] += part[i];
+        }
+    }
+    if (need_b) {
+        float *grad = l->params[1]->grad;
+        for (int t = 0; t < team; t++) {
+            const float *part = s->partial + t * params + wcount;
+            for (int i = 0; i < s->num_output; i++)
+                grad[i] += part[i];
+        }
+    }
+}
+
+static void conv_release(mtl_layer *l)
+{
+    conv_state *s = l->priv;
+    if (s) {
+        mtl_aligned_free(s->col);
+        mtl_aligned_free(s->partial);
+    }
+    free(s);
+    l->priv = NULL;
+}
+
+static int64_t conv_flops(const mtl_layer *l)
+{
+    const conv_state *s = l->priv;
+    int64_t per_output = (int64_t)s->geom.channels * s->kernel[0] * s->kernel[1];
+    return 2 * per_output * l->tops[0]->count * l->n_tops;
+}
+
+const mtl_layer_ops mtl_layer_convolution = {
+    .type = "Convolution",
+    .min_bottoms = 1,
+    .max_bottoms = -1,
+    .min_tops = 1,
+    .max_tops = -1,
+    .setup = conv_setup,
+    .reshape = conv_reshape,
+    .forward = conv_forward,
+    .backward = conv_backward,
+    .release = conv_release,
+    .flops = conv_flops,
+};

@@ -1,10 +1,227 @@
-/* SigmoidCrossEntropyLoss, EuclideanLoss: not implemented yet. */
+/* SigmoidCrossEntropyLoss (independent binary targets per value) and EuclideanLoss (regression),
+ * plus the loss_param reader every loss shares. Targets that are mtl's missing-label marker (NaN)
+ * add nothing to either loss or its gradient. */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers/labels.h"
 #include "layers/layers.h"
 
-static mtl_status stub_setup(mtl_layer *l, mtl_error *err)
+static const char *const loss_norm_names[] = {"FULL", "VALID", "BATCH_SIZE", "NONE"};
+_Static_assert(sizeof(loss_norm_names) / sizeof(loss_norm_names[0]) == MTL_LOSS_NORM_NONE + 1, "normalization names");
+
+mtl_status mtl_loss_read_param(mtl_layer *l, mtl_loss_norm def, mtl_loss_config *out, mtl_error *err)
 {
-    return mtl_layer_fail(l, err, MTL_ERR_UNSUPPORTED, "not implemented yet");
+    mtl_cfg_node *p;
+    MTL_TRY(mtl_layer_param_message(l, "loss_param", &p, err));
+    int64_t ignore;
+    int normalize, norm;
+    out->has_ignore_label = mtl_cfg_count(p, "ignore_label") > 0;
+    MTL_TRY(mtl_cfg_int_range(p, "ignore_label", 0, INT_MIN, INT_MAX, &ignore, err));
+    out->ignore_label = (int)ignore;
+    int has_normalization = mtl_cfg_count(p, "normalization") > 0;
+    int has_normalize = mtl_cfg_count(p, "normalize") > 0;
+    MTL_TRY(mtl_cfg_enum(p, "normalization", loss_norm_names, MTL_LOSS_NORM_NONE + 1, MTL_LOSS_NORM_VALID, &norm, err));
+    MTL_TRY(mtl_cfg_bool(p, "normalize", 1, &normalize, err));
+    if (has_normalization)
+        out->normalization = (mtl_loss_norm)norm;
+    else if (has_normalize)
+        out->normalization = normalize ? MTL_LOSS_NORM_VALID : MTL_LOSS_NORM_BATCH_SIZE;
+    else
+        out->normalization = def;
+    return MTL_OK;
 }
 
-const mtl_layer_ops mtl_layer_sigmoid_cross_entropy_loss = {.type = "SigmoidCrossEntropyLoss", .min_bottoms = 0, .max_bottoms = -1, .min_tops = 0, .max_tops = -1, .setup = stub_setup};
-const mtl_layer_ops mtl_layer_euclidean_loss = {.type = "EuclideanLoss", .min_bottoms = 0, .max_bottoms = -1, .min_tops = 0, .max_tops = -1, .setup = stub_setup};
+/* ---- SigmoidCrossEntropyLoss ---------------------------------------------------------------- */
+
+typedef struct sigmoid_ce_priv {
+    mtl_loss_config loss;
+    double normalizer; /* from the last forward, for backward (as Caffe keeps it) */
+} sigmoid_ce_priv;
+
+static mtl_status sigmoid_ce_setup(mtl_layer *l, mtl_error *err)
+{
+    sigmoid_ce_priv *s = mtl_calloc_or_fail(1, sizeof(*s), err, "SigmoidCrossEntropyLoss state");
+    if (!s)
+        return MTL_ERR_NOMEM;
+    l->priv = s;
+    /* Caffe kept BATCH_SIZE as this layer's default when it added normalization */
+    return mtl_loss_read_param(l, MTL_LOSS_NORM_BATCH_SIZE, &s->loss, err);
+}
+
+static mtl_status sigmoid_ce_reshape(mtl_layer *l, mtl_error *err)
+{
+    MTL_TRY(mtl_loss_check_batch(l, err));
+    if (l->bottoms[0]->count != l->bottoms[1]->count) {
+        char a[128], b[128];
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "logits (bottom 0, %s) and targets (bottom 1, %s) must have the "
+                              "same count",
+                              mtl_tensor_shape_str(l->bottoms[0], a, sizeof(a)),
+                              mtl_tensor_shape_str(l->bottoms[1], b, sizeof(b)));
+    }
+    return mtl_tensor_reshape(l->tops[0], 0, NULL, err);
+}
+
+static int sigmoid_ce_ignored(const sigmoid_ce_priv *s, float t)
+{
+    return mtl_label_is_ignored(t, s->loss.has_ignore_label, s->loss.ignore_label);
+}
+
+/* loss = -sum [t log p + (1 - t) log(1 - p)], p = sigmoid(x), written so exp never overflows:
+ * -(x (t - [x >= 0]) - log(1 + exp(x - 2 x [x >= 0]))). */
+static mtl_status sigmoid_ce_forward(mtl_layer *l, mtl_error *err)
+{
+    (void)err;
+    sigmoid_ce_priv *s = l->priv;
+    const float *x = l->bottoms[0]->data, *t = l->bottoms[1]->data;
+    int64_t count = l->bottoms[0]->count;
+    double loss = 0.0;
+    int64_t valid = 0;
+    for (int64_t i = 0; i < count; i++) {
+        if (sigmoid_ce_ignored(s, t[i]))
+            continue;
+        double xi = x[i], pos = xi >= 0 ? 1.0 : 0.0;
+        loss -= xi * (t[i] - pos) - log1p(exp(xi - 2.0 * xi * pos));
+        valid++;
+    }
+    int64_t outer = l->bottoms[0]->shape[0];
+    s->normalizer = mtl_loss_normalizer(s->loss.normalization, outer, outer ? count / outer : 0, valid);
+    l->tops[0]->data[0] = (float)(loss / s->normalizer);
+    return MTL_OK;
+}
+
+/* d loss / d x = (sigmoid(x) - t) * weight / normalizer, zero for ignored targets. Targets are
+ * treated as constants (Caffe refuses to backpropagate to them): a requested target gradient is
+ * written as zeros. */
+static void sigmoid_ce_backward(mtl_layer *l)
+{
+    sigmoid_ce_priv *s = l->priv;
+    if (l->propagate_down[1])
+        mtl_tensor_zero_grad(l->bottoms[1]);
+    if (!l->propagate_down[0])
+        return;
+    const float *x = l->bottoms[0]->data, *t = l->bottoms[1]->data;
+    float *dx = l->bottoms[0]->grad;
+    int64_t count = l->bottoms[0]->count;
+    float scale = (float)(l->tops[0]->grad[0] / s->normalizer);
+    for (int64_t i = 0; i < count; i++) {
+        if (sigmoid_ce_ignored(s, t[i])) {
+            dx[i] = 0.0f;
+            continue;
+        }
+        float e = expf(-fabsf(x[i]));
+        float p = x[i] >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+        dx[i] = (p - t[i]) * scale;
+    }
+}
+
+static void sigmoid_ce_release(mtl_layer *l)
+{
+    free(l->priv);
+    l->priv = NULL;
+}
+
+const mtl_layer_ops mtl_layer_sigmoid_cross_entropy_loss = {
+    .type = "SigmoidCrossEntropyLoss",
+    .min_bottoms = 2,
+    .max_bottoms = 2,
+    .min_tops = 1,
+    .max_tops = 1,
+    .setup = sigmoid_ce_setup,
+    .reshape = sigmoid_ce_reshape,
+    .forward = sigmoid_ce_forward,
+    .backward = sigmoid_ce_backward,
+    .release = sigmoid_ce_release,
+};
+
+/* ---- EuclideanLoss -------------------------------------------------------------------------- */
+
+typedef struct euclidean_priv {
+    float *diff; /* a - b, 0 where the target is missing */
+    int64_t cap;
+} euclidean_priv;
+
+static mtl_status euclidean_setup(mtl_layer *l, mtl_error *err)
+{
+    l->priv = mtl_calloc_or_fail(1, sizeof(euclidean_priv), err, "EuclideanLoss state");
+    return l->priv ? MTL_OK : MTL_ERR_NOMEM;
+}
+
+static mtl_status euclidean_reshape(mtl_layer *l, mtl_error *err)
+{
+    euclidean_priv *e = l->priv;
+    const mtl_tensor *a = l->bottoms[0], *b = l->bottoms[1];
+    MTL_TRY(mtl_loss_check_batch(l, err));
+    if (a->count != b->count) {
+        char as[128], bs[128];
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE,
+                              "bottoms must have the same dimension: bottom 0 is %s, bottom 1 is %s",
+                              mtl_tensor_shape_str(a, as, sizeof(as)), mtl_tensor_shape_str(b, bs, sizeof(bs)));
+    }
+    if (a->count > e->cap) {
+        free(e->diff);
+        e->cap = 0;
+        if (!(e->diff = malloc((size_t)a->count * sizeof(float))))
+            return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for %lld differences", (long long)a->count);
+        e->cap = a->count;
+    }
+    return mtl_tensor_reshape(l->tops[0], 0, NULL, err);
+}
+
+/* loss = sum (a - b)^2 / (2 N), N the first axis (Caffe's num). */
+static mtl_status euclidean_forward(mtl_layer *l, mtl_error *err)
+{
+    (void)err;
+    euclidean_priv *e = l->priv;
+    const float *a = l->bottoms[0]->data, *b = l->bottoms[1]->data;
+    int64_t count = l->bottoms[0]->count;
+    double sum = 0.0;
+    for (int64_t i = 0; i < count; i++) {
+        float d = mtl_label_is_missing(b[i]) ? 0.0f : a[i] - b[i];
+        e->diff[i] = d;
+        sum += (double)d * d;
+    }
+    int n = l->bottoms[0]->shape[0];
+    l->tops[0]->data[0] = (float)(n > 0 ? sum / n / 2.0 : 0.0);
+    return MTL_OK;
+}
+
+/* d/da = weight (a - b) / N, d/db = -weight (a - b) / N. */
+static void euclidean_backward(mtl_layer *l)
+{
+    euclidean_priv *e = l->priv;
+    int64_t count = l->bottoms[0]->count;
+    int n = l->bottoms[0]->shape[0];
+    for (int i = 0; i < 2; i++) {
+        if (!l->propagate_down[i])
+            continue;
+        float alpha = n > 0 ? (i == 0 ? 1.0f : -1.0f) * l->tops[0]->grad[0] / (float)n : 0.0f;
+        float *dx = l->bottoms[i]->grad;
+        for (int64_t k = 0; k < count; k++)
+            dx[k] = alpha * e->diff[k];
+    }
+}
+
+static void euclidean_release(mtl_layer *l)
+{
+    euclidean_priv *e = l->priv;
+    if (e)
+        free(e->diff);
+    free(e);
+    l->priv = NULL;
+}
+
+const mtl_layer_ops mtl_layer_euclidean_loss = {
+    .type = "EuclideanLoss",
+    .min_bottoms = 2,
+    .max_bottoms = 2,
+    .min_tops = 1,
+    .max_tops = 1,
+    .setup = euclidean_setup,
+    .reshape = euclidean_reshape,
+    .forward = euclidean_forward,
+    .backward = euclidean_backward,
+    .release = euclidean_release,
+};

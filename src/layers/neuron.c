@@ -38,13 +38,12 @@ static mtl_status scratch_reserve(const mtl_layer *l, scratch *s, int64_t n, mtl
     return MTL_OK;
 }
 
-/* The layer's own param message with only `engine` in it (Sigmoid, TanH), or the start of one. */
+/* Sigmoid and TanH: their param message holds only `engine`. */
 static mtl_status read_engine_only(mtl_layer *l, const char *message, mtl_error *err)
 {
     mtl_cfg_node *p = NULL;
     MTL_TRY(mtl_layer_param_message(l, message, &p, err));
-    if (p)
-        mtl_cfg_accept(p, "engine"); /* CAFFE / CUDNN pick an implementation; mtl has one */
+    mtl_cfg_accept(p, "engine"); /* CAFFE / CUDNN pick an implementation; mtl has one */
     return MTL_OK;
 }
 
@@ -61,8 +60,7 @@ static mtl_status relu_setup(mtl_layer *l, mtl_error *err)
     double slope;
     MTL_TRY(mtl_layer_param_message(l, "relu_param", &p, err));
     MTL_TRY(mtl_cfg_float(p, "negative_slope", 0.0, &slope, err));
-    if (p)
-        mtl_cfg_accept(p, "engine");
+    mtl_cfg_accept(p, "engine");
     relu_state *s = mtl_calloc_or_fail(1, sizeof(*s), err, "ReLU state");
     if (!s)
         return MTL_ERR_NOMEM;
@@ -106,10 +104,11 @@ static void relu_backward(mtl_layer *l)
     if (!l->propagate_down[0])
         return;
     relu_state *s = l->priv;
-    /* in place with slope >= 0, y > 0 exactly where x > 0, so y stands in for x */
-    const float *x = relu_keeps_input(l) ? s->input.data : l->tops[0]->data;
-    if (!in_place(l))
-        x = l->bottoms[0]->data;
+    const float *x = l->bottoms[0]->data;
+    if (relu_keeps_input(l))
+        x = s->input.data;
+    else if (in_place(l))
+        x = l->tops[0]->data; /* slope >= 0: y > 0 exactly where x > 0, so y stands in for x */
     const float *dy = l->tops[0]->grad; /* (count) */
     float *dx = l->bottoms[0]->grad;    /* (count), may be dy */
     int64_t n = l->bottoms[0]->count;
@@ -189,6 +188,8 @@ typedef struct prelu_state {
     int channel_shared;
     mtl_cfg_node *default_filler; /* parsed "constant 0.25" when the prototxt gives none */
     scratch input;                /* in place: x, needed by both gradients */
+    double *channel_sums;         /* (C) slope gradient partial sums */
+    int64_t sums_capacity;
     int64_t outer, channels, inner;
 } prelu_state;
 
@@ -226,15 +227,22 @@ static mtl_status prelu_reshape(mtl_layer *l, mtl_error *err)
     const mtl_tensor *x = l->bottoms[0];
     if (x->ndim < 2 || (!s->channel_shared && x->shape[1] != l->params[0]->count)) {
         char buf[64];
-        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "bottom shape %s does not fit %lld slopes (set up for N x %lld x ...)",
-                              mtl_tensor_shape_str(x, buf, sizeof(buf)), (long long)l->params[0]->count,
-                              (long long)l->params[0]->count);
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "bottom %s does not fit the %lld slopes it was set up for",
+                              mtl_tensor_shape_str(x, buf, sizeof(buf)), (long long)l->params[0]->count);
     }
     s->outer = x->shape[0];
     s->channels = x->shape[1];
     s->inner = mtl_tensor_count_range(x, 2, x->ndim);
     if (in_place(l))
         MTL_TRY(scratch_reserve(l, &s->input, x->count, err));
+    if (s->channels > s->sums_capacity) {
+        double *sums = malloc((size_t)s->channels * sizeof(double));
+        if (!sums)
+            return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory");
+        free(s->channel_sums);
+        s->channel_sums = sums;
+        s->sums_capacity = s->channels;
+    }
     return neuron_reshape(l, err);
 }
 
@@ -269,9 +277,10 @@ static void prelu_backward(mtl_layer *l)
     /* slope gradients first: in place, dx overwrites dy */
     if (mtl_layer_param_needs_grad(l, 0)) {
         float *da = l->params[0]->grad;
-        double shared_sum = 0;
-        /* per channel in a fixed order, then channels summed in order: the same bits for any thread count */
-#pragma omp parallel for if (n >= NEURON_PARALLEL_MIN) schedule(static) reduction(+ : shared_sum) ordered
+        double *sums = s->channel_sums;
+        /* each channel summed in a fixed order, then the channels in order: the same bits for any
+         * thread count */
+#pragma omp parallel for if (n >= NEURON_PARALLEL_MIN) schedule(static)
         for (int64_t c = 0; c < channels; c++) {
             double sum = 0;
             for (int64_t o = 0; o < outer; o++) {
@@ -280,15 +289,17 @@ static void prelu_backward(mtl_layer *l)
                     if (x[i] <= 0)
                         sum += (double)dy[i] * x[i];
             }
-            if (s->channel_shared) {
-#pragma omp ordered
-                shared_sum += sum;
-            } else {
-                da[c] += (float)sum;
-            }
+            sums[c] = sum;
         }
-        if (s->channel_shared)
-            da[0] += (float)shared_sum;
+        if (s->channel_shared) {
+            double total = 0;
+            for (int64_t c = 0; c < channels; c++)
+                total += sums[c];
+            da[0] += (float)total;
+        } else {
+            for (int64_t c = 0; c < channels; c++)
+                da[c] += (float)sums[c];
+        }
     }
     if (l->propagate_down[0]) {
 #pragma omp parallel for if (n >= NEURON_PARALLEL_MIN) schedule(static)
@@ -305,6 +316,7 @@ static void prelu_release(mtl_layer *l)
     prelu_state *s = l->priv;
     if (s) {
         mtl_aligned_free(s->input.data);
+        free(s->channel_sums);
         mtl_cfg_free(s->default_filler);
     }
     free(s);
@@ -337,7 +349,7 @@ static mtl_status dropout_setup(mtl_layer *l, mtl_error *err)
     if (!(ratio >= 0.0 && ratio < 1.0))
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "dropout_ratio must be in [0, 1), got %g", ratio);
     if (channel_wise && l->bottoms[0]->ndim < 2)
-        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "channel_wise dropout needs a bottom of N x C x ..., got %d axis",
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "channel_wise dropout needs a bottom of N x C x ..., got %d axes",
                               l->bottoms[0]->ndim);
     if (l->phase == MTL_PHASE_TRAIN && !l->rng)
         return mtl_layer_fail(l, err, MTL_ERR_ARGUMENT, "needs a random generator at TRAIN");
@@ -356,7 +368,7 @@ static mtl_status dropout_reshape(mtl_layer *l, mtl_error *err)
     dropout_state *s = l->priv;
     const mtl_tensor *x = l->bottoms[0];
     if (s->channel_wise && x->ndim < 2)
-        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "channel_wise dropout needs a bottom of N x C x ..., got %d axis",
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "channel_wise dropout needs a bottom of N x C x ..., got %d axes",
                               x->ndim);
     s->inner = s->channel_wise ? mtl_tensor_count_range(x, 2, x->ndim) : 1;
     s->mask_count = s->channel_wise ? (int64_t)x->shape[0] * x->shape[1] : x->count;

@@ -61,7 +61,7 @@ static double objective(checker *ck, mtl_error *err, int *failed)
     }
     double sum = 0;
     for (int t = 0; t < ck->n_tops; t++)
-        for (int64_t i = 0; i < ck->tops[t]->count; i++)
+        for (int64_t i = 0; ck->weights[t] && i < ck->tops[t]->count; i++)
             sum += (double)ck->weights[t][i] * ck->tops[t]->data[i];
     return sum;
 }
