@@ -6,6 +6,8 @@
 #include "cli.h"
 
 static const cli_command *const commands[] = {
+    &cli_train,
+    &cli_test,
     &cli_describe,
     &cli_time,
 };
