@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mtl needs that are missing; does nothing when all are there.
-# Usage: scripts/install-deps.sh [build|bench|all]   (default: build)
+# Usage: scripts/install-deps.sh [build|demo|bench|all]   (default: build)
 set -euo pipefail
 want=${1:-build}
-build_pkgs=(cmake make gcc pkg-config libopenblas-dev zlib1g-dev libclang-rt-14-dev)
+build_pkgs=(cmake make gcc pkg-config python3 libopenblas-dev zlib1g-dev liblmdb-dev libstb-dev libcjson-dev)
+demo_pkgs=(dataset-fashion-mnist)
 bench_pkgs=(python3-torch python3-numpy)
 case "$want" in
   build) pkgs=("${build_pkgs[@]}") ;;
-  bench) pkgs=("${build_pkgs[@]}" "${bench_pkgs[@]}") ;;
-  all) pkgs=("${build_pkgs[@]}" "${bench_pkgs[@]}") ;;
-  *) echo "usage: $0 [build|bench|all]" >&2; exit 2 ;;
+  demo) pkgs=("${build_pkgs[@]}" "${demo_pkgs[@]}") ;;
+  bench) pkgs=("${build_pkgs[@]}" "${demo_pkgs[@]}" "${bench_pkgs[@]}") ;;
+  all) pkgs=("${build_pkgs[@]}" "${demo_pkgs[@]}" "${bench_pkgs[@]}") ;;
+  *) echo "usage: $0 [build|demo|bench|all]" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${pkgs[@]}"; do

@@ -35,6 +35,6 @@ long cli_positive(const cli_command *cmd, const char *name, const char *text);
 int cli_fail(const mtl_error *err);   /* prints "mtl: error: ..." and returns CLI_FAILED */
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-extern const cli_command cli_train, cli_test, cli_describe, cli_time;
+extern const cli_command cli_train, cli_test, cli_describe, cli_time, cli_convert, cli_dataset, cli_predict, cli_plot;
 
 #endif

@@ -10,6 +10,10 @@ static const cli_command *const commands[] = {
     &cli_test,
     &cli_describe,
     &cli_time,
+    &cli_convert,
+    &cli_dataset,
+    &cli_predict,
+    &cli_plot,
 };
 
 static void print_help(FILE *out)

@@ -40,6 +40,14 @@ typedef struct mtl_layer_ops {
     void (*backward)(mtl_layer *l);
     void (*release)(mtl_layer *l);           /* frees l->priv; may be NULL */
     int64_t (*flops)(const mtl_layer *l);    /* forward multiply-adds x2; NULL: one per top value */
+    /* Optional: one line of statistics for the training log (a data layer: time spent waiting for
+     * data since the last call); returns the length written, 0 for nothing to say. */
+    int (*stats)(mtl_layer *l, char *buf, size_t size);
+    /* Optional: state beyond parameters that a snapshot keeps for an exact resume (a data layer's
+     * read position); save writes state_size() bytes, load restores them. */
+    size_t (*state_size)(const mtl_layer *l);
+    void (*state_save)(const mtl_layer *l, uint8_t *buf);
+    mtl_status (*state_load)(mtl_layer *l, const uint8_t *buf, size_t size, mtl_error *err);
 } mtl_layer_ops;
 
 typedef struct mtl_param_spec {

@@ -30,6 +30,9 @@ const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT] = {
     [MTL_LAYER_SIGMOID_CROSS_ENTROPY_LOSS] = &mtl_layer_sigmoid_cross_entropy_loss,
     [MTL_LAYER_EUCLIDEAN_LOSS] = &mtl_layer_euclidean_loss,
     [MTL_LAYER_ACCURACY] = &mtl_layer_accuracy,
+    [MTL_LAYER_DATA] = &mtl_layer_data,
+    [MTL_LAYER_IMAGE_DATA] = &mtl_layer_image_data,
+    [MTL_LAYER_MEMORY_DATA] = &mtl_layer_memory_data,
 };
 
 static const char *layer_type_names[MTL_LAYER_TYPE_COUNT];

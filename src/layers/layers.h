@@ -32,6 +32,9 @@ typedef enum mtl_layer_type {
     MTL_LAYER_SIGMOID_CROSS_ENTROPY_LOSS,
     MTL_LAYER_EUCLIDEAN_LOSS,
     MTL_LAYER_ACCURACY,
+    MTL_LAYER_DATA,
+    MTL_LAYER_IMAGE_DATA,
+    MTL_LAYER_MEMORY_DATA,
     MTL_LAYER_TYPE_COUNT
 } mtl_layer_type;
 
@@ -61,6 +64,9 @@ extern const mtl_layer_ops mtl_layer_softmax_with_loss;
 extern const mtl_layer_ops mtl_layer_sigmoid_cross_entropy_loss;
 extern const mtl_layer_ops mtl_layer_euclidean_loss;
 extern const mtl_layer_ops mtl_layer_accuracy;
+extern const mtl_layer_ops mtl_layer_data;
+extern const mtl_layer_ops mtl_layer_image_data;
+extern const mtl_layer_ops mtl_layer_memory_data;
 
 extern const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT];
 
