@@ -4,7 +4,7 @@ JOBS ?= 2
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 
-.PHONY: all deps test test-fast asan clean bench
+.PHONY: all deps test test-fast asan clean bench demo
 
 all: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -23,6 +23,9 @@ test: all asan
 
 test-fast: all
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo:
+	scripts/demo.sh $(DEMO_ITERS)
 
 bench: all
 	@scripts/install-deps.sh bench

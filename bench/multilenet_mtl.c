@@ -120,24 +120,36 @@ static int bench_layer(const char *name, const char *text, const int *shape, int
         for (int64_t i = 0; i < bottom->count; i++)
             bottom->data[i] = mtl_rng_range(&rng, -1, 1);
         l->propagate_down[0] = propagate_down;
-        double *times = calloc((size_t)iters, sizeof(double));
+        double *times = calloc((size_t)iters * 3, sizeof(double));
+        double *fwd = times + iters, *bwd = times + 2 * iters;
         for (int it = 0; it < warmup + iters; it++) {
             double t0 = now_ms();
             if (l->ops->reshape(l, &err) != MTL_OK || l->ops->forward(l, &err) != MTL_OK) {
                 rc = die(&err);
                 break;
             }
+            double t1 = now_ms();
             if (it == 0)
                 for (int64_t i = 0; i < top->count; i++)
                     top->grad[i] = mtl_rng_range(&rng, -1, 1);
             for (int p = 0; p < l->n_params; p++)
                 mtl_tensor_zero_grad(l->params[p]);
             l->ops->backward(l);
-            if (it >= warmup)
-                times[it - warmup] = now_ms() - t0;
+            double t2 = now_ms();
+            if (it >= warmup) {
+                times[it - warmup] = t2 - t0;
+                fwd[it - warmup] = t1 - t0;
+                bwd[it - warmup] = t2 - t1;
+            }
         }
-        if (rc == 0)
+        if (rc == 0) {
+            char label[64];
             report(name, times, iters);
+            snprintf(label, sizeof(label), "%s.forward", name);
+            report(label, fwd, iters);
+            snprintf(label, sizeof(label), "%s.backward", name);
+            report(label, bwd, iters);
+        }
         free(times);
     }
     mtl_layer_free(l);

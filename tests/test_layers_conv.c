@@ -10,6 +10,8 @@
 #include <omp.h>
 #endif
 
+#include <cblas.h>
+
 #include "check.h"
 #include "gradcheck.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -727,7 +729,8 @@ static void test_conv_reference(void)
         CHECK_MSG(memcmp(two[0], one[0], sizeof(float) * ny) == 0, "spec %zu: y differs between 1 and 2 threads", i);
         CHECK_MSG(memcmp(two[1], one[1], sizeof(float) * nx) == 0, "spec %zu: dx differs between 1 and 2 threads", i);
         CHECK_MSG(max_rel_diff(one[2], dw, nw) < 1e-4, "spec %zu: one-thread dw differs", i);
-        CHECK_MSG(memcmp(two[2], again[2], sizeof(float) * nw) == 0 && memcmp(two[3], again[3], sizeof(float) * s->m) == 0,
+        CHECK_MSG(memcmp(two[2], again[2], sizeof(float) * nw) == 0 &&
+                      memcmp(two[3], again[3], sizeof(float) * s->m) == 0,
                   "spec %zu: two runs with 2 threads differ", i);
         free(y);
         free(dx);
@@ -741,6 +744,59 @@ static void test_conv_reference(void)
     }
 }
 
+/* Frozen weights or frozen bias (lr_mult 0) take other paths through the backward pass (bias from
+ * row sums, weights without the bias row): their gradients must match the unfrozen ones. */
+static void test_conv_frozen(void)
+{
+    static const char *const geometries[] = {"kernel_size: 3 pad: 1", "kernel_size: 1", "kernel_size: 2 stride: 2",
+                                             "kernel_size: 7"}; /* the last: dw_transposed */
+    static const char *const params[] = {"", "param { lr_mult: 0 } param { lr_mult: 1 }",
+                                         "param { lr_mult: 1 } param { lr_mult: 0 }"};
+    for (size_t gi = 0; gi < sizeof(geometries) / sizeof(geometries[0]); gi++) {
+        float *grads[3][2] = {{0}};
+        for (int pi = 0; pi < 3; pi++) {
+            char text[512];
+            snprintf(text, sizeof(text),
+                     "type: 'Convolution' %s convolution_param { num_output: %d group: 2 %s " FILLERS " }", params[pi],
+                     gi == 3 ? 40 : 4, geometries[gi]);
+            fixture f;
+            int shape[4] = {5, 4, 12, 12};
+            CHECK_OK(fixture_build(&f, text, 4, shape, NULL, 1), &f.err);
+            if (f.layer) {
+                gradcheck_fill(f.bottoms[0], -1, 1, 3);
+                CHECK_OK(fixture_forward(&f), &f.err);
+                gradcheck_fill(f.tops[0], -1, 1, 4);
+                memcpy(f.tops[0]->grad, f.tops[0]->data, (size_t)f.tops[0]->count * sizeof(float));
+                CHECK_OK(fixture_forward(&f), &f.err);
+                for (int q = 0; q < 2; q++) {
+                    gradcheck_fill(f.layer->params[q], 0, 0.5f, 9); /* backward adds to what is there */
+                    memcpy(f.layer->params[q]->grad, f.layer->params[q]->data,
+                           (size_t)f.layer->params[q]->count * sizeof(float));
+                }
+                f.layer->ops->backward(f.layer);
+                for (int q = 0; q < 2; q++) {
+                    grads[pi][q] = malloc((size_t)f.layer->params[q]->count * sizeof(float));
+                    memcpy(grads[pi][q], f.layer->params[q]->grad, (size_t)f.layer->params[q]->count * sizeof(float));
+                    if (pi == 0)
+                        continue;
+                    int frozen = (pi == 1) == (q == 0);
+                    int64_t n = f.layer->params[q]->count, bad = 0;
+                    for (int64_t i = 0; i < n; i++) {
+                        float want = frozen ? f.layer->params[q]->data[i] : grads[0][q][i];
+                        bad += fabs(grads[pi][q][i] - want) > 1e-4 * fmax(1.0, fabs(want));
+                    }
+                    CHECK_MSG(bad == 0, "%s %s: %lld of %lld param%d gradients differ", geometries[gi], params[pi],
+                              (long long)bad, (long long)n, q);
+                }
+            }
+            fixture_free(&f);
+        }
+        for (int pi = 0; pi < 3; pi++)
+            for (int q = 0; q < 2; q++)
+                free(grads[pi][q]);
+    }
+}
+
 static void test_pool_reference(void)
 {
     static const struct {
@@ -748,6 +804,7 @@ static void test_pool_reference(void)
         int n, c, h, w, k, s, p, ave;
     } cases[] = {
         {"pool: MAX kernel_size: 2 stride: 2", 11, 10, 24, 24, 2, 2, 0, 0},
+        {"pool: MAX kernel_size: 2 stride: 2", 3, 7, 10, 22, 2, 2, 0, 0}, /* vector and scalar columns */
         {"pool: MAX kernel_size: 3 stride: 2 pad: 1", 5, 3, 13, 12, 3, 2, 1, 0},
         {"pool: AVE kernel_size: 3 stride: 2 pad: 1", 5, 3, 13, 12, 3, 2, 1, 1},
     };
@@ -847,6 +904,37 @@ static void test_sgemm_split(void)
     }
 }
 
+/* The layers call OpenBLAS from several OpenMP threads at once. Each thread multiplies its own
+ * matrices, large enough for OpenBLAS's packed path (which takes buffers from a shared pool),
+ * many times; every result must equal the one computed alone. */
+static void test_concurrent_sgemm(void)
+{
+    enum { DIM = 160, ROUNDS = 12, SLOTS = 4 };
+    float *a = malloc(sizeof(float) * SLOTS * DIM * DIM), *b = malloc(sizeof(float) * SLOTS * DIM * DIM);
+    float *alone = malloc(sizeof(float) * SLOTS * DIM * DIM), *together = malloc(sizeof(float) * SLOTS * DIM * DIM);
+    for (int i = 0; i < SLOTS * DIM * DIM; i++) {
+        a[i] = (float)(((unsigned)i * 2654435761u) >> 24) / 128.0f - 1.0f;
+        b[i] = (float)(((unsigned)i * 40503u + 7u) % 251u) / 125.0f - 1.0f;
+    }
+    for (int sl = 0; sl < SLOTS; sl++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, sl % 2 ? CblasTrans : CblasNoTrans, DIM, DIM, DIM, 1.0f,
+                    a + sl * DIM * DIM, DIM, b + sl * DIM * DIM, DIM, 0.0f, alone + sl * DIM * DIM, DIM);
+    int mismatches = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        memset(together, 0, sizeof(float) * SLOTS * DIM * DIM);
+        MTL_OMP("omp parallel for schedule(static, 1) num_threads(SLOTS)")
+        for (int sl = 0; sl < SLOTS; sl++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, sl % 2 ? CblasTrans : CblasNoTrans, DIM, DIM, DIM, 1.0f,
+                        a + sl * DIM * DIM, DIM, b + sl * DIM * DIM, DIM, 0.0f, together + sl * DIM * DIM, DIM);
+        mismatches += memcmp(alone, together, sizeof(float) * SLOTS * DIM * DIM) != 0;
+    }
+    CHECK_MSG(mismatches == 0, "%d of %d rounds of concurrent sgemm differ from sgemm alone", mismatches, ROUNDS);
+    free(a);
+    free(b);
+    free(alone);
+    free(together);
+}
+
 int main(void)
 {
     set_threads(2);
@@ -860,7 +948,9 @@ int main(void)
     test_ip_values();
     test_errors();
     test_conv_reference();
+    test_conv_frozen();
     test_pool_reference();
     test_sgemm_split();
+    test_concurrent_sgemm();
     return check_finish();
 }

@@ -184,8 +184,8 @@ static void test_errors(void)
                        MTL_ERR_CONFIG, "move 'b' above 'a'");
     expect_build_error(INPUT "layer { name: 'c' type: 'Convolutoin' bottom: 'data' top: 'c' }\n",
                        MTL_ERR_UNSUPPORTED, "<net>:2:19: layer type 'Convolutoin' is not one mtl has; did you mean Convolution");
-    expect_build_error(INPUT "layer { name: 'd' type: 'Data' top: 'x' }\n", MTL_ERR_UNSUPPORTED,
-                       "layer type 'Data' is not one mtl has");
+    expect_build_error(INPUT "layer { name: 'd' type: 'HDF5Data' top: 'x' }\n", MTL_ERR_UNSUPPORTED,
+                       "layer type 'HDF5Data' is not one mtl has");
     expect_build_error(INPUT "layer { name: 'r' type: 'ReLU' bottom: 'data' top: 'r' relu_param { negative_slop: 1 } }\n",
                        MTL_ERR_CONFIG, "did you mean 'negative_slope'");
     expect_build_error(INPUT "layer { name: 'r' type: 'ReLU' bottom: 'data' top: 'r' botom: 'x' }\n", MTL_ERR_CONFIG,

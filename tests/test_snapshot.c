@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "check.h"
 #include "core/net.h"
@@ -68,6 +69,14 @@ static void write_all(const char *path, const unsigned char *b, size_t n)
     FILE *f = fopen(path, "wb");
     fwrite(b, 1, n, f);
     fclose(f);
+}
+
+/* Rewrites the trailing CRC32 after a deliberate change. */
+static void reseal(unsigned char *b, size_t size)
+{
+    uint32_t crc = (uint32_t)crc32(crc32(0L, Z_NULL, 0), b, (uInt)(size - 4));
+    for (int i = 0; i < 4; i++)
+        b[size - 4 + i] = (unsigned char)(crc >> (8 * i));
 }
 
 static int same_bits(const float *a, const float *b, int64_t n) { return memcmp(a, b, (size_t)n * sizeof(float)) == 0; }
@@ -239,6 +248,26 @@ static void test_refusals(void)
     write_all(tmp_path("long.mtlsnap"), longer, size + 3);
     CHECK_FAILS(mtl_snapshot_read(tmp_path("long.mtlsnap"), &r, &err), &err, MTL_ERR_CORRUPT, "header says");
     free(longer);
+
+    /* damage that keeps a valid checksum (a writer bug, say) is still caught by the structure checks:
+     * the PARM section's length (bytes 32..39) and its array count (bytes 40..43) */
+    memcpy(bad, bytes, size);
+    bad[36] = 0x7f;
+    reseal(bad, size);
+    write_all(tmp_path("len.mtlsnap"), bad, size);
+    CHECK_FAILS(mtl_snapshot_read(tmp_path("len.mtlsnap"), &r, &err), &err, MTL_ERR_CORRUPT,
+                "section 'PARM' at byte 40: its length runs past the end of the file");
+    memcpy(bad, bytes, size);
+    bad[41] = 0x10;
+    reseal(bad, size);
+    write_all(tmp_path("count.mtlsnap"), bad, size);
+    CHECK_FAILS(mtl_snapshot_read(tmp_path("count.mtlsnap"), &r, &err), &err, MTL_ERR_CORRUPT,
+                "more arrays announced than fit");
+    memcpy(bad, bytes, size);
+    bad[40] = 1; /* one array fewer: the second one is left over */
+    reseal(bad, size);
+    write_all(tmp_path("left.mtlsnap"), bad, size);
+    CHECK_FAILS(mtl_snapshot_read(tmp_path("left.mtlsnap"), &r, &err), &err, MTL_ERR_CORRUPT, "bytes left over");
 
     /* missing file */
     CHECK_FAILS(mtl_snapshot_read(tmp_path("nope.mtlsnap"), &r, &err), &err, MTL_ERR_NOT_FOUND, "nope.mtlsnap");

@@ -304,7 +304,9 @@ static void test_resume_exact(void)
     CHECK(a->train_out.loss == c->train_out.loss); /* the smoothing window came back too */
     CHECK(memcmp(a->train_net->param_data, c->train_net->param_data,
                  (size_t)a->train_net->n_param_values * sizeof(float)) == 0);
-    CHECK(memcmp(a->history, c->history, sizeof(float) * 2 * (size_t)a->train_net->n_param_values) == 0);
+    int last = a->train_net->n_slots - 1;
+    size_t n_history = (size_t)(a->history_offset[last] + 2 * a->train_net->slots[last].count);
+    CHECK(memcmp(a->history, c->history, n_history * sizeof(float)) == 0);
     CHECK(memcmp(&a->train_net->rng, &c->train_net->rng, sizeof(mtl_rng)) == 0);
 
     /* the dropout mask really depends on the generator: without restoring it the losses differ */
@@ -572,6 +574,35 @@ static void test_config_errors(void)
     }
 }
 
+static void test_net_states(void)
+{
+    /* test_state stages pick layers for the test net only; train_state for the train net */
+    const char *net = "name: 'staged' " INPUT_LAYER(4) LINEAR_LAYERS
+        "layer { name: 'extra' type: 'EuclideanLoss' bottom: 'out' bottom: 'target' top: 'extra'\n"
+        "  include { phase: TEST stage: 'extra' } }\n"
+        "layer { name: 'deep' type: 'EuclideanLoss' bottom: 'out' bottom: 'target' top: 'deep'\n"
+        "  include { phase: TRAIN min_level: 2 } }\n";
+    mtl_error err = {0};
+    mtl_solver *s = NULL;
+    CHECK_OK(make_solver(net,
+                         BASE "test_iter: 1 test_iter: 1 test_state { stage: 'extra' } test_state { } "
+                                       "train_state { level: 3 }",
+                         NULL, &s, &err),
+             &err);
+    if (!s)
+        return;
+    CHECK_INT(s->n_test_nets, 2);
+    CHECK(mtl_net_layer_index(s->test_nets[0], "extra") >= 0);
+    CHECK(mtl_net_layer_index(s->test_nets[1], "extra") < 0);
+    CHECK(mtl_net_layer_index(s->train_net, "extra") < 0);
+    CHECK(mtl_net_layer_index(s->train_net, "deep") >= 0);
+    CHECK_INT(s->test_nets[0]->phase, MTL_PHASE_TEST);
+    mtl_solver_free(s);
+    CONFIG_FAILS(BASE "test_iter: 1 test_state { stage: 'a' } test_state { stage: 'b' }", MTL_ERR_CONFIG,
+                 "test_state must be given once for each test net");
+    CONFIG_FAILS(BASE "train_state { stag: 'a' }", MTL_ERR_CONFIG, "did you mean 'stage'");
+}
+
 static void test_paths(void)
 {
     /* net, test_net and snapshot_prefix are relative to the solver file, not the working directory */
@@ -643,6 +674,16 @@ static void test_paths(void)
             CHECK_INT(t->iter, 0); /* weights only: the iteration does not move */
             mtl_solver_free(t);
         }
+        /* the same through the solver's own `weights` field, relative to its directory */
+        CHECK_OK(mtl_solver_from_string("net: 'net.prototxt' base_lr: 0.1 lr_policy: 'fixed' random_seed: 77 "
+                                        "weights: 'w.mtlsnap' snapshot_after_train: false",
+                                        sub, &o, &t, &err),
+                 &err);
+        if (t) {
+            CHECK(memcmp(s->train_net->param_data, t->train_net->param_data,
+                         (size_t)s->train_net->n_param_values * sizeof(float)) == 0);
+            mtl_solver_free(t);
+        }
         mtl_solver_free(s);
     }
 }
@@ -652,6 +693,7 @@ int main(void)
     make_tmp_dir();
     test_config_errors();
     test_paths();
+    test_net_states();
     test_training_reduces_loss();
     test_iter_size_equivalence();
     test_lr_and_decay_mult();

@@ -23,6 +23,7 @@ static const unsigned char snapshot_magic[8] = {'M', 'T', 'L', 'S', 'N', 'A', 'P
 #define TAG_HISTORY "HIST"
 #define TAG_SOLVER "SOLV"
 #define TAG_RNGS "RNGS"
+#define TAG_LAYER_STATES "LAYS"
 
 static int host_is_little_endian(void)
 {
@@ -135,6 +136,14 @@ static uint64_t solver_payload(const mtl_snapshot_state *st)
     return 8 + 4 + strlen(st->solver_type) + 8 + 8 + 8 + 4 + 4 * (uint64_t)st->window.count;
 }
 
+static uint64_t layer_states_payload(const mtl_snapshot_state *st)
+{
+    uint64_t n = 4;
+    for (int i = 0; i < st->n_layer_states; i++)
+        n += 4 + strlen(st->layer_states[i].name) + 8 + st->layer_states[i].size;
+    return n;
+}
+
 static void write_body(writer *w, const mtl_snapshot *s, uint64_t total)
 {
     put_bytes(w, snapshot_magic, sizeof(snapshot_magic));
@@ -170,6 +179,16 @@ static void write_body(writer *w, const mtl_snapshot *s, uint64_t total)
     for (int i = 0; i < st->n_rngs; i++)
         for (int k = 0; k < 4; k++)
             put_u32(w, st->rngs[i].s[k]);
+
+    if (st->n_layer_states == 0)
+        return;
+    section_begin(w, TAG_LAYER_STATES, layer_states_payload(st));
+    put_u32(w, (uint32_t)st->n_layer_states);
+    for (int i = 0; i < st->n_layer_states; i++) {
+        put_string(w, st->layer_states[i].name);
+        put_u64(w, st->layer_states[i].size);
+        put_bytes(w, st->layer_states[i].bytes, (size_t)st->layer_states[i].size);
+    }
 }
 
 static void sync_directory_of(const char *path)
@@ -252,10 +271,11 @@ typedef struct reader {
     mtl_error *err;
 } reader;
 
-static mtl_status corrupt(const reader *r, const char *fmt, const char *what)
+/* "snapshot 'p' is corrupt: section 'PARM' at byte 120: <problem>[ <what>]" */
+static mtl_status corrupt(const reader *r, const char *problem, const char *what)
 {
-    return mtl_fail(r->err, MTL_ERR_CORRUPT, "snapshot '%s' is corrupt: section '%s' at byte %zu: %s %s", r->path,
-                    r->section, r->pos, fmt, what ? what : "");
+    return mtl_fail(r->err, MTL_ERR_CORRUPT, "snapshot '%s' is corrupt: section '%s' at byte %zu: %s%s%s", r->path,
+                    r->section, r->pos, problem, what ? " " : "", what ? what : "");
 }
 
 static mtl_status need(reader *r, uint64_t n, const char *what)
@@ -420,6 +440,26 @@ static mtl_status read_rngs(reader *r, mtl_snapshot *s)
     return MTL_OK;
 }
 
+static mtl_status read_layer_states(reader *r, mtl_snapshot *s)
+{
+    uint32_t n;
+    MTL_TRY(get_u32(r, &n, "the layer state count"));
+    MTL_TRY(need(r, (uint64_t)n * 12, "the layer states"));
+    s->state.layer_states = calloc(n ? n : 1, sizeof(*s->state.layer_states));
+    if (!s->state.layer_states)
+        return mtl_fail(r->err, MTL_ERR_NOMEM, "out of memory reading snapshot '%s'", r->path);
+    for (uint32_t i = 0; i < n; i++) {
+        mtl_snapshot_layer_state *ls = &s->state.layer_states[i];
+        s->state.n_layer_states = (int)i + 1;
+        MTL_TRY(get_string(r, &ls->name, "a layer name"));
+        MTL_TRY(get_u64(r, &ls->size, "a layer state size"));
+        MTL_TRY(need(r, ls->size, "a layer state"));
+        ls->bytes = r->b + r->pos;
+        r->pos += (size_t)ls->size;
+    }
+    return MTL_OK;
+}
+
 static mtl_status load_file(const char *path, unsigned char **bytes, size_t *size, mtl_error *err)
 {
     FILE *f = fopen(path, "rb");
@@ -515,7 +555,7 @@ mtl_status mtl_snapshot_read(const char *path, mtl_snapshot **out, mtl_error *er
     if (st == MTL_OK)
         st = check_envelope(path, s->bytes, s->size, &s->version, err);
 
-    int seen_params = 0, seen_solver = 0, seen_history = 0, seen_rngs = 0;
+    int seen_params = 0, seen_solver = 0, seen_history = 0, seen_rngs = 0, seen_layer_states = 0;
     size_t pos = HEADER_BYTES, body_end = s->size - CRC_BYTES;
     while (st == MTL_OK && pos < body_end) {
         reader r = {.b = s->bytes, .pos = pos, .end = body_end, .path = path, .section = "header", .err = err};
@@ -542,6 +582,8 @@ mtl_status mtl_snapshot_read(const char *path, mtl_snapshot **out, mtl_error *er
             seen = &seen_history;
         else if (strcmp(tag, TAG_RNGS) == 0)
             seen = &seen_rngs;
+        else if (strcmp(tag, TAG_LAYER_STATES) == 0)
+            seen = &seen_layer_states;
         if (seen && *seen) {
             st = corrupt(&r, "section appears twice", NULL);
             break;
@@ -554,6 +596,8 @@ mtl_status mtl_snapshot_read(const char *path, mtl_snapshot **out, mtl_error *er
             st = read_history(&r, s);
         else if (seen == &seen_rngs)
             st = read_rngs(&r, s);
+        else if (seen == &seen_layer_states)
+            st = read_layer_states(&r, s);
         else
             r.pos = r.end; /* a section a later revision of version 1 added: skip it */
         if (st != MTL_OK)
@@ -590,6 +634,12 @@ void mtl_snapshot_free(mtl_snapshot *snap)
         free(snap->state.history[i].name);
     free(snap->state.history);
     free(snap->state.rngs);
+    for (int i = 0; i < snap->state.n_layer_states; i++) {
+        free(snap->state.layer_states[i].name);
+        if (!snap->bytes) /* a snapshot built for writing owns its state bytes */
+            free((void *)snap->state.layer_states[i].bytes);
+    }
+    free(snap->state.layer_states);
     free(snap->path);
     free(snap->bytes);
     free(snap);

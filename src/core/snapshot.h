@@ -28,6 +28,13 @@ typedef struct mtl_snapshot_array {
     size_t file_offset;   /* read: where the values start in the file */
 } mtl_snapshot_array;
 
+/* State a layer keeps beyond its parameters (a data layer's read position), as bytes. */
+typedef struct mtl_snapshot_layer_state {
+    char *name;             /* the layer's name */
+    uint64_t size;
+    const uint8_t *bytes;   /* written: owned by the snapshot; read: points into the file */
+} mtl_snapshot_layer_state;
+
 /* What a solver needs to continue exactly where it stopped. */
 typedef struct mtl_snapshot_state {
     int64_t iter;                 /* iterations completed */
@@ -41,6 +48,8 @@ typedef struct mtl_snapshot_state {
     int64_t window_size, window_fill, window_pos;
     int window_width;
     mtl_snapshot_array window;    /* shape [window_size, window_width] */
+    int n_layer_states;
+    mtl_snapshot_layer_state *layer_states; /* train net layers with state hooks, net order */
 } mtl_snapshot_state;
 
 typedef struct mtl_snapshot {

@@ -324,23 +324,41 @@ static void window_mean(mtl_solver *s)
 
 /* ================================================================== configuration */
 
+/* Reading comes in two phases: every field is read first (so the unknown-field check, with its
+ * "did you mean", runs before any complaint about a missing or inconsistent value, which a typo
+ * would otherwise cause), then the values are checked against each other. */
+
 static const char *const solver_mode_names[] = {"CPU", "GPU"};
 static const char *const snapshot_format_names[] = {"HDF5", "BINARYPROTO"};
 static const char *const legacy_type_names[] = {"SGD", "NESTEROV", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM"};
 static const mtl_update_type legacy_types[] = {MTL_UPDATE_SGD, MTL_UPDATE_NESTEROV, MTL_UPDATE_ADAGRAD,
                                                MTL_UPDATE_RMSPROP, MTL_UPDATE_COUNT, MTL_UPDATE_ADAM};
 static const char *const phase_names[] = {"TRAIN", "TEST"};
+static const char *const solver_types_text = "SGD, Nesterov, Adam, AdamW, RMSProp and AdaGrad";
+static const char *const lr_policies_text = "fixed, step, multistep, exp, inv, poly, sigmoid and cosine";
 
 /* Where a net comes from: a file or an inline NetParameter, with the NetState the solver gives it. */
 typedef struct net_source {
-    char *file;              /* resolved path, or NULL */
+    char *file;               /* resolved path, or NULL */
     mtl_cfg_node *inline_cfg; /* borrowed from the solver's tree */
-    mtl_cfg_node *state;     /* borrowed NetState message, or NULL */
+    mtl_cfg_node *state;      /* borrowed NetState message, or NULL */
     mtl_phase phase;
 } net_source;
 
+/* Fields as read, before they are checked. Strings and nodes belong to the solver's tree. */
+typedef struct raw_fields {
+    const char *net_file, *train_file;
+    mtl_cfg_node *net_param, *train_param, *train_state;
+    int n_test_params, n_test_files, n_test_states, n_weights;
+    const char *type, *lr_policy, *regularization, *snapshot_prefix;
+    int legacy_type, has_type, has_legacy_type;
+    int has_base_lr, has_gamma, has_power, has_min_lr, has_warmup_start_lr;
+    int solver_mode;
+} raw_fields;
+
 typedef struct parse_ctx {
     mtl_cfg_node *root;
+    raw_fields raw;
     net_source train;
     int n_tests;
     net_source *tests;
@@ -368,165 +386,17 @@ static mtl_status read_float(mtl_cfg_node *root, const char *name, double def, f
     return MTL_OK;
 }
 
-static mtl_status read_solver_type(mtl_cfg_node *root, mtl_update_type *type, mtl_error *err)
+/* The node of field `name` for an error message, or `fallback` when the field is absent. */
+static mtl_cfg_node *at(mtl_cfg_node *root, const char *name, mtl_cfg_node *fallback)
 {
-    const char *name;
-    int legacy;
-    MTL_TRY(mtl_cfg_string(root, "type", "SGD", &name, err));
-    MTL_TRY(mtl_cfg_enum(root, "solver_type", legacy_type_names, 6, 0, &legacy, err));
-    int has_type = mtl_cfg_count(root, "type") > 0, has_legacy = mtl_cfg_count(root, "solver_type") > 0;
-    if (has_type && has_legacy)
-        return mtl_cfg_fail(mtl_cfg_field(root, "solver_type", 0), err, MTL_ERR_CONFIG,
-                            "both 'type' and the deprecated 'solver_type' are given; keep only 'type'");
-    if (has_legacy) {
-        if (legacy_types[legacy] == MTL_UPDATE_COUNT)
-            return mtl_cfg_fail(mtl_cfg_field(root, "solver_type", 0), err, MTL_ERR_UNSUPPORTED,
-                                "solver type ADADELTA is not supported; mtl has SGD, Nesterov, Adam, AdamW, RMSProp "
-                                "and AdaGrad");
-        *type = legacy_types[legacy];
-        return MTL_OK;
-    }
-    for (int t = 0; t < MTL_UPDATE_COUNT; t++) {
-        if (strcmp(name, mtl_update_type_name((mtl_update_type)t)) == 0) {
-            *type = (mtl_update_type)t;
-            return MTL_OK;
-        }
-    }
-    mtl_cfg_node *node = mtl_cfg_field(root, "type", 0);
-    if (strcmp(name, "AdaDelta") == 0)
-        return mtl_cfg_fail(node, err, MTL_ERR_UNSUPPORTED,
-                            "solver type 'AdaDelta' is not supported; mtl has SGD, Nesterov, Adam, AdamW, RMSProp "
-                            "and AdaGrad");
-    const char *names[MTL_UPDATE_COUNT];
-    for (int t = 0; t < MTL_UPDATE_COUNT; t++)
-        names[t] = mtl_update_type_name((mtl_update_type)t);
-    char near[256];
-    if (mtl_cfg_suggest(name, names, MTL_UPDATE_COUNT, 2, near, sizeof(near)) > 0)
-        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "unknown solver type '%s'; did you mean %s?", name, near);
-    return mtl_cfg_fail(node, err, MTL_ERR_CONFIG,
-                        "unknown solver type '%s'; the types are SGD, Nesterov, Adam, AdamW, RMSProp and AdaGrad",
-                        name);
+    mtl_cfg_node *node = mtl_cfg_field(root, name, 0);
+    return node ? node : fallback;
 }
 
-static mtl_status read_lr_policy(mtl_cfg_node *root, mtl_solver_config *c, int64_t max_iter, mtl_error *err)
-{
-    mtl_lr_policy *p = &c->lr;
-    const char *name;
-    MTL_TRY(mtl_cfg_string(root, "lr_policy", NULL, &name, err));
-    if (!name)
-        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG,
-                            "lr_policy is required (fixed, step, multistep, exp, inv, poly, sigmoid or cosine)");
-    mtl_cfg_node *node = mtl_cfg_field(root, "lr_policy", 0);
-    int kind = -1;
-    const char *names[MTL_LR_POLICY_COUNT];
-    for (int k = 0; k < MTL_LR_POLICY_COUNT; k++) {
-        names[k] = mtl_lr_policy_name((mtl_lr_policy_kind)k);
-        if (strcmp(name, names[k]) == 0)
-            kind = k;
-    }
-    if (kind < 0) {
-        char near[256];
-        if (mtl_cfg_suggest(name, names, MTL_LR_POLICY_COUNT, 2, near, sizeof(near)) > 0)
-            return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "unknown lr_policy '%s'; did you mean %s?", name, near);
-        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG,
-                            "unknown lr_policy '%s'; the policies are fixed, step, multistep, exp, inv, poly, "
-                            "sigmoid and cosine",
-                            name);
-    }
-    p->kind = (mtl_lr_policy_kind)kind;
-    if (mtl_cfg_count(root, "base_lr") == 0)
-        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG, "base_lr is required");
-    MTL_TRY(mtl_cfg_float(root, "base_lr", 0.0, &p->base_lr, err));
-    MTL_TRY(mtl_cfg_float(root, "gamma", 0.0, &p->gamma, err));
-    MTL_TRY(mtl_cfg_float(root, "power", 0.0, &p->power, err));
-    MTL_TRY(mtl_cfg_float(root, "min_lr", 0.0, &p->min_lr, err));
-    MTL_TRY(mtl_cfg_int(root, "stepsize", 0, &p->stepsize, err));
-    MTL_TRY(mtl_cfg_int_range(root, "warmup_iter", 0, 0, INT64_MAX, &p->warmup_iter, err));
-    MTL_TRY(mtl_cfg_float(root, "warmup_start_lr", 0.0, &p->warmup_start_lr, err));
-    if (!isfinite(p->base_lr) || p->base_lr < 0)
-        return mtl_cfg_fail(mtl_cfg_field(root, "base_lr", 0), err, MTL_ERR_CONFIG,
-                            "base_lr must be a finite number >= 0");
-    int n_steps = mtl_cfg_count(root, "stepvalue");
-    c->stepvalues = calloc((size_t)n_steps + 1, sizeof(int64_t));
-    if (!c->stepvalues)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < n_steps; i++) {
-        MTL_TRY(mtl_cfg_int_at(root, "stepvalue", i, &c->stepvalues[i], err));
-        if (c->stepvalues[i] < 0 || (i > 0 && c->stepvalues[i] <= c->stepvalues[i - 1]))
-            return mtl_cfg_fail(mtl_cfg_field(root, "stepvalue", i), err, MTL_ERR_CONFIG,
-                                "stepvalue must be non-negative and strictly increasing (%lld after %lld)",
-                                (long long)c->stepvalues[i], (long long)(i > 0 ? c->stepvalues[i - 1] : 0));
-    }
-    p->stepvalues = c->stepvalues;
-    p->n_stepvalues = n_steps;
-    p->max_iter = max_iter;
+/* ---------------------------------------------------------------- phase 1: reading */
 
-    int uses_gamma = p->kind == MTL_LR_STEP || p->kind == MTL_LR_MULTISTEP || p->kind == MTL_LR_EXP ||
-                     p->kind == MTL_LR_INV || p->kind == MTL_LR_SIGMOID;
-    if (uses_gamma && (mtl_cfg_count(root, "gamma") == 0 || p->gamma < 0))
-        return mtl_cfg_fail(mtl_cfg_field(root, "gamma", 0) ? mtl_cfg_field(root, "gamma", 0) : node, err,
-                            MTL_ERR_CONFIG, "lr_policy '%s' needs gamma >= 0", name);
-    if ((p->kind == MTL_LR_STEP || p->kind == MTL_LR_SIGMOID) && p->stepsize <= 0)
-        return mtl_cfg_fail(mtl_cfg_field(root, "stepsize", 0) ? mtl_cfg_field(root, "stepsize", 0) : node, err,
-                            MTL_ERR_CONFIG, "lr_policy '%s' needs stepsize > 0", name);
-    if (p->kind == MTL_LR_MULTISTEP && n_steps == 0)
-        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "lr_policy 'multistep' needs at least one stepvalue");
-    if ((p->kind == MTL_LR_INV || p->kind == MTL_LR_POLY) && mtl_cfg_count(root, "power") == 0)
-        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "lr_policy '%s' needs power", name);
-    if ((p->kind == MTL_LR_POLY || p->kind == MTL_LR_COSINE) && max_iter <= 0)
-        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "lr_policy '%s' needs max_iter > 0", name);
-    if (p->kind != MTL_LR_COSINE && mtl_cfg_count(root, "min_lr") > 0)
-        return mtl_cfg_fail(mtl_cfg_field(root, "min_lr", 0), err, MTL_ERR_CONFIG,
-                            "min_lr is only used by lr_policy 'cosine'");
-    if (p->warmup_iter == 0 && mtl_cfg_count(root, "warmup_start_lr") > 0)
-        return mtl_cfg_fail(mtl_cfg_field(root, "warmup_start_lr", 0), err, MTL_ERR_CONFIG,
-                            "warmup_start_lr needs warmup_iter > 0");
-    return MTL_OK;
-}
-
-static mtl_status read_update(mtl_cfg_node *root, mtl_solver_config *c, mtl_error *err)
-{
-    mtl_update_config *u = &c->update;
-    MTL_TRY(read_solver_type(root, &u->type, err));
-    MTL_TRY(read_float(root, "momentum", 0.0, &u->momentum, err));
-    MTL_TRY(read_float(root, "momentum2", 0.999, &u->momentum2, err));
-    MTL_TRY(read_float(root, "delta", 1e-8, &u->delta, err));
-    MTL_TRY(read_float(root, "rms_decay", 0.99, &u->rms_decay, err));
-    MTL_TRY(read_float(root, "weight_decay", 0.0, &u->weight_decay, err));
-    MTL_TRY(read_float(root, "clip_gradients", -1.0, &c->clip_gradients, err));
-    const char *reg;
-    MTL_TRY(mtl_cfg_string(root, "regularization_type", "L2", &reg, err));
-    if (strcmp(reg, "L2") == 0)
-        u->regularization = MTL_REGULARIZATION_L2;
-    else if (strcmp(reg, "L1") == 0)
-        u->regularization = MTL_REGULARIZATION_L1;
-    else
-        return mtl_cfg_fail(mtl_cfg_field(root, "regularization_type", 0), err, MTL_ERR_CONFIG,
-                            "unknown regularization_type '%s'; use \"L2\" or \"L1\"", reg);
-
-    const char *type = mtl_update_type_name(u->type);
-    if (!isfinite(u->momentum) || u->momentum < 0 || u->momentum >= 1)
-        return mtl_cfg_fail(mtl_cfg_field(root, "momentum", 0), err, MTL_ERR_CONFIG, "momentum must lie in [0, 1)");
-    if ((u->type == MTL_UPDATE_RMSPROP || u->type == MTL_UPDATE_ADAGRAD) && u->momentum != 0)
-        return mtl_cfg_fail(mtl_cfg_field(root, "momentum", 0), err, MTL_ERR_CONFIG,
-                            "momentum cannot be used with %s (as in Caffe)", type);
-    if (!isfinite(u->momentum2) || u->momentum2 < 0 || u->momentum2 >= 1)
-        return mtl_cfg_fail(mtl_cfg_field(root, "momentum2", 0), err, MTL_ERR_CONFIG, "momentum2 must lie in [0, 1)");
-    if (!isfinite(u->rms_decay) || u->rms_decay < 0 || u->rms_decay >= 1)
-        return mtl_cfg_fail(mtl_cfg_field(root, "rms_decay", 0), err, MTL_ERR_CONFIG, "rms_decay must lie in [0, 1)");
-    if (!isfinite(u->delta) || u->delta < 0)
-        return mtl_cfg_fail(mtl_cfg_field(root, "delta", 0), err, MTL_ERR_CONFIG, "delta must be >= 0");
-    if (!isfinite(u->weight_decay) || u->weight_decay < 0)
-        return mtl_cfg_fail(mtl_cfg_field(root, "weight_decay", 0), err, MTL_ERR_CONFIG,
-                            "weight_decay must be >= 0");
-    if (!isfinite(c->clip_gradients))
-        return mtl_cfg_fail(mtl_cfg_field(root, "clip_gradients", 0), err, MTL_ERR_CONFIG,
-                            "clip_gradients must be finite (negative: off)");
-    return MTL_OK;
-}
-
-/* A NetState message the solver gives a net (train_state, test_state): checked here, where its
- * positions are the solver file's, and copied into the net's config when it is built. */
+/* A NetState message the solver gives a net (train_state, test_state): its fields are read here,
+ * where their positions are the solver file's, and the message is copied into the net's config. */
 static mtl_status read_net_state(mtl_cfg_node *state, mtl_phase def, mtl_phase *phase, mtl_error *err)
 {
     int p;
@@ -542,120 +412,50 @@ static mtl_status read_net_state(mtl_cfg_node *state, mtl_phase def, mtl_phase *
     return MTL_OK;
 }
 
-static mtl_status add_test_source(parse_ctx *ctx, const char *file, mtl_cfg_node *inline_cfg, mtl_error *err)
+static mtl_status read_net_fields(mtl_cfg_node *root, parse_ctx *ctx, mtl_solver_config *c, mtl_error *err)
 {
-    net_source *grown = realloc(ctx->tests, (size_t)(ctx->n_tests + 1) * sizeof(*grown));
-    if (!grown)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    ctx->tests = grown;
-    net_source *src = &ctx->tests[ctx->n_tests++];
-    *src = (net_source){.inline_cfg = inline_cfg, .phase = MTL_PHASE_TEST};
-    if (file && !(src->file = mtl_strdup(file)))
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    return MTL_OK;
-}
-
-/* The train and test nets, in Caffe's order: train from exactly one of train_net_param, train_net,
- * net_param, net; tests from test_net_param, then test_net, then as many instances of
- * net/net_param as test_iter entries remain. */
-static mtl_status read_nets(mtl_cfg_node *root, const char *dir, parse_ctx *ctx, mtl_solver_config *c,
-                            mtl_error *err)
-{
-    const char *net_file, *train_file;
-    mtl_cfg_node *net_param, *train_param;
-    MTL_TRY(mtl_cfg_string(root, "net", NULL, &net_file, err));
-    MTL_TRY(mtl_cfg_message(root, "net_param", &net_param, err));
-    MTL_TRY(mtl_cfg_string(root, "train_net", NULL, &train_file, err));
-    MTL_TRY(mtl_cfg_message(root, "train_net_param", &train_param, err));
-    int n_train = (net_file != NULL) + (net_param != NULL) + (train_file != NULL) + (train_param != NULL);
-    if (n_train == 0)
-        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG,
-                            "no train net: give one of net, net_param, train_net or train_net_param");
-    if (n_train > 1)
-        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG,
-                            "more than one train net: give only one of net, net_param, train_net and "
-                            "train_net_param");
-    const char *generic_file = net_file;
-    mtl_cfg_node *generic_param = net_param;
-    const char *file = train_file ? train_file : net_file;
-    if (file && !(ctx->train.file = resolve_path(dir, file)))
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    ctx->train.inline_cfg = train_param ? train_param : net_param;
+    raw_fields *r = &ctx->raw;
+    MTL_TRY(mtl_cfg_string(root, "net", NULL, &r->net_file, err));
+    MTL_TRY(mtl_cfg_message(root, "net_param", &r->net_param, err));
+    MTL_TRY(mtl_cfg_string(root, "train_net", NULL, &r->train_file, err));
+    MTL_TRY(mtl_cfg_message(root, "train_net_param", &r->train_param, err));
+    MTL_TRY(mtl_cfg_message(root, "train_state", &r->train_state, err));
     ctx->train.phase = MTL_PHASE_TRAIN;
-
-    MTL_TRY(mtl_cfg_message(root, "train_state", &ctx->train.state, err));
-    if (ctx->train.state)
-        MTL_TRY(read_net_state(ctx->train.state, MTL_PHASE_TRAIN, &ctx->train.phase, err));
-
-    int n_test_params = mtl_cfg_count(root, "test_net_param");
-    for (int i = 0; i < n_test_params; i++)
-        MTL_TRY(add_test_source(ctx, NULL, mtl_cfg_field(root, "test_net_param", i), err));
-    int n_test_files = mtl_cfg_count(root, "test_net");
-    for (int i = 0; i < n_test_files; i++) {
+    if (r->train_state)
+        MTL_TRY(read_net_state(r->train_state, MTL_PHASE_TRAIN, &ctx->train.phase, err));
+    r->n_test_params = mtl_cfg_count(root, "test_net_param");
+    for (int i = 0; i < r->n_test_params; i++)
+        mtl_cfg_field(root, "test_net_param", i);
+    r->n_test_files = mtl_cfg_count(root, "test_net");
+    for (int i = 0; i < r->n_test_files; i++) {
         const char *f;
         MTL_TRY(mtl_cfg_string_at(root, "test_net", i, &f, err));
-        char *resolved = resolve_path(dir, f);
-        if (!resolved)
-            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-        mtl_status st = add_test_source(ctx, resolved, NULL, err);
-        free(resolved);
-        MTL_TRY(st);
     }
-    int explicit_tests = ctx->n_tests;
-    int n_test_iter = mtl_cfg_count(root, "test_iter");
-    int has_generic = generic_file || generic_param;
-    if (has_generic ? n_test_iter < explicit_tests : n_test_iter != explicit_tests)
-        return mtl_cfg_fail(n_test_iter ? mtl_cfg_field(root, "test_iter", 0) : root, err, MTL_ERR_CONFIG,
-                            "test_iter must be given once for each test net (%d test_iter, %d test nets)",
-                            n_test_iter, explicit_tests);
-    for (int i = explicit_tests; i < n_test_iter; i++) {
-        char *resolved = generic_file ? resolve_path(dir, generic_file) : NULL;
-        if (generic_file && !resolved)
-            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-        mtl_status st = add_test_source(ctx, resolved, generic_param, err);
-        free(resolved);
-        MTL_TRY(st);
-    }
-    c->n_test_iter = n_test_iter;
-    c->test_iter = calloc((size_t)n_test_iter + 1, sizeof(int64_t));
+    c->n_test_iter = mtl_cfg_count(root, "test_iter");
+    c->test_iter = calloc((size_t)c->n_test_iter + 1, sizeof(int64_t));
     if (!c->test_iter)
         return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < n_test_iter; i++) {
+    for (int i = 0; i < c->n_test_iter; i++)
         MTL_TRY(mtl_cfg_int_at(root, "test_iter", i, &c->test_iter[i], err));
-        if (c->test_iter[i] <= 0)
-            return mtl_cfg_fail(mtl_cfg_field(root, "test_iter", i), err, MTL_ERR_CONFIG, "test_iter must be > 0");
+    r->n_test_states = mtl_cfg_count(root, "test_state");
+    for (int i = 0; i < r->n_test_states; i++) {
+        mtl_phase ignored;
+        MTL_TRY(read_net_state(mtl_cfg_field(root, "test_state", i), MTL_PHASE_TEST, &ignored, err));
     }
-    int n_states = mtl_cfg_count(root, "test_state");
-    if (n_states > 0 && n_states != ctx->n_tests)
-        return mtl_cfg_fail(mtl_cfg_field(root, "test_state", 0), err, MTL_ERR_CONFIG,
-                            "test_state must be given once for each test net or not at all (%d test_state, %d test "
-                            "nets)",
-                            n_states, ctx->n_tests);
-    for (int i = 0; i < n_states; i++) {
-        ctx->tests[i].state = mtl_cfg_field(root, "test_state", i);
-        MTL_TRY(read_net_state(ctx->tests[i].state, MTL_PHASE_TEST, &ctx->tests[i].phase, err));
+    r->n_weights = mtl_cfg_count(root, "weights");
+    for (int i = 0; i < r->n_weights; i++) {
+        const char *w;
+        MTL_TRY(mtl_cfg_string_at(root, "weights", i, &w, err));
     }
-    /* the inline nets are built from copies: their own fields are checked by the net */
+    /* the inline nets are built from copies, whose fields the net checks */
     mtl_cfg_accept(root, "net_param");
     mtl_cfg_accept(root, "train_net_param");
     mtl_cfg_accept(root, "test_net_param");
-
-    int n_weights = mtl_cfg_count(root, "weights");
-    ctx->weights = calloc((size_t)n_weights + 1, sizeof(char *));
-    if (!ctx->weights)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < n_weights; i++) {
-        const char *w;
-        MTL_TRY(mtl_cfg_string_at(root, "weights", i, &w, err));
-        if (!(ctx->weights[i] = resolve_path(dir, w)))
-            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-        ctx->n_weights = i + 1;
-    }
     return MTL_OK;
 }
 
-static mtl_status read_schedule(mtl_cfg_node *root, mtl_solver_config *c, const mtl_solver_options *opts,
-                                mtl_error *err)
+static mtl_status read_schedule(mtl_cfg_node *root, raw_fields *r, mtl_solver_config *c,
+                                const mtl_solver_options *opts, mtl_error *err)
 {
     MTL_TRY(mtl_cfg_int_range(root, "max_iter", 0, 0, INT64_MAX, &c->max_iter, err));
     if (opts->max_iter > 0)
@@ -667,18 +467,15 @@ static mtl_status read_schedule(mtl_cfg_node *root, mtl_solver_config *c, const 
     MTL_TRY(mtl_cfg_bool(root, "test_initialization", 1, &c->test_initialization, err));
     MTL_TRY(mtl_cfg_bool(root, "test_compute_loss", 0, &c->test_compute_loss, err));
     MTL_TRY(mtl_cfg_int_range(root, "snapshot", 0, 0, INT64_MAX, &c->snapshot, err));
+    MTL_TRY(mtl_cfg_string(root, "snapshot_prefix", NULL, &r->snapshot_prefix, err));
     MTL_TRY(mtl_cfg_bool(root, "snapshot_after_train", 1, &c->snapshot_after_train, err));
     MTL_TRY(mtl_cfg_bool(root, "snapshot_diff", 0, &c->snapshot_diff, err));
     MTL_TRY(mtl_cfg_bool(root, "debug_info", 0, &c->debug_info, err));
-    int format, mode, layer_wise_reduce;
+    int format, layer_wise_reduce;
     int64_t device_id, seed;
-    /* mtl writes its own format whichever Caffe format is named */
+    /* mtl writes its own format whichever of Caffe's is named */
     MTL_TRY(mtl_cfg_enum(root, "snapshot_format", snapshot_format_names, 2, 1, &format, err));
-    MTL_TRY(mtl_cfg_enum(root, "solver_mode", solver_mode_names, 2, 0, &mode, err));
-    if (mode == 1)
-        return mtl_cfg_fail(mtl_cfg_field(root, "solver_mode", 0), err, MTL_ERR_UNSUPPORTED,
-                            "solver_mode GPU is not supported yet: this mtl runs on the CPU; use solver_mode: CPU or "
-                            "remove the line");
+    MTL_TRY(mtl_cfg_enum(root, "solver_mode", solver_mode_names, 2, 0, &r->solver_mode, err));
     MTL_TRY(mtl_cfg_int(root, "device_id", 0, &device_id, err));
     MTL_TRY(mtl_cfg_bool(root, "layer_wise_reduce", 1, &layer_wise_reduce, err));
     MTL_TRY(mtl_cfg_int(root, "random_seed", -1, &seed, err));
@@ -686,10 +483,252 @@ static mtl_status read_schedule(mtl_cfg_node *root, mtl_solver_config *c, const 
     return MTL_OK;
 }
 
-static mtl_status read_snapshot_prefix(mtl_cfg_node *root, mtl_solver_config *c, const char *stem, mtl_error *err)
+static mtl_status read_update_fields(mtl_cfg_node *root, raw_fields *r, mtl_solver_config *c, mtl_error *err)
 {
-    const char *prefix;
-    MTL_TRY(mtl_cfg_string(root, "snapshot_prefix", NULL, &prefix, err));
+    mtl_update_config *u = &c->update;
+    MTL_TRY(mtl_cfg_string(root, "type", "SGD", &r->type, err));
+    MTL_TRY(mtl_cfg_enum(root, "solver_type", legacy_type_names, 6, 0, &r->legacy_type, err));
+    r->has_type = mtl_cfg_count(root, "type") > 0;
+    r->has_legacy_type = mtl_cfg_count(root, "solver_type") > 0;
+    MTL_TRY(read_float(root, "momentum", 0.0, &u->momentum, err));
+    MTL_TRY(read_float(root, "momentum2", 0.999, &u->momentum2, err));
+    MTL_TRY(read_float(root, "delta", 1e-8, &u->delta, err));
+    MTL_TRY(read_float(root, "rms_decay", 0.99, &u->rms_decay, err));
+    MTL_TRY(read_float(root, "weight_decay", 0.0, &u->weight_decay, err));
+    MTL_TRY(read_float(root, "clip_gradients", -1.0, &c->clip_gradients, err));
+    return mtl_cfg_string(root, "regularization_type", "L2", &r->regularization, err);
+}
+
+static mtl_status read_lr_fields(mtl_cfg_node *root, raw_fields *r, mtl_solver_config *c, mtl_error *err)
+{
+    mtl_lr_policy *p = &c->lr;
+    MTL_TRY(mtl_cfg_string(root, "lr_policy", NULL, &r->lr_policy, err));
+    MTL_TRY(mtl_cfg_float(root, "base_lr", 0.0, &p->base_lr, err));
+    MTL_TRY(mtl_cfg_float(root, "gamma", 0.0, &p->gamma, err));
+    MTL_TRY(mtl_cfg_float(root, "power", 0.0, &p->power, err));
+    MTL_TRY(mtl_cfg_float(root, "min_lr", 0.0, &p->min_lr, err));
+    MTL_TRY(mtl_cfg_int(root, "stepsize", 0, &p->stepsize, err));
+    MTL_TRY(mtl_cfg_int_range(root, "warmup_iter", 0, 0, INT64_MAX, &p->warmup_iter, err));
+    MTL_TRY(mtl_cfg_float(root, "warmup_start_lr", 0.0, &p->warmup_start_lr, err));
+    r->has_base_lr = mtl_cfg_count(root, "base_lr") > 0;
+    r->has_gamma = mtl_cfg_count(root, "gamma") > 0;
+    r->has_power = mtl_cfg_count(root, "power") > 0;
+    r->has_min_lr = mtl_cfg_count(root, "min_lr") > 0;
+    r->has_warmup_start_lr = mtl_cfg_count(root, "warmup_start_lr") > 0;
+    int n_steps = mtl_cfg_count(root, "stepvalue");
+    c->stepvalues = calloc((size_t)n_steps + 1, sizeof(int64_t));
+    if (!c->stepvalues)
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n_steps; i++)
+        MTL_TRY(mtl_cfg_int_at(root, "stepvalue", i, &c->stepvalues[i], err));
+    p->stepvalues = c->stepvalues;
+    p->n_stepvalues = n_steps;
+    p->max_iter = c->max_iter;
+    return MTL_OK;
+}
+
+/* ---------------------------------------------------------------- phase 2: checking */
+
+static mtl_status add_test_source(parse_ctx *ctx, const char *dir, const char *file, mtl_cfg_node *inline_cfg,
+                                  mtl_error *err)
+{
+    net_source *grown = realloc(ctx->tests, (size_t)(ctx->n_tests + 1) * sizeof(*grown));
+    if (!grown)
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    ctx->tests = grown;
+    net_source *src = &ctx->tests[ctx->n_tests++];
+    *src = (net_source){.inline_cfg = inline_cfg, .phase = MTL_PHASE_TEST};
+    if (file && !(src->file = resolve_path(dir, file)))
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    return MTL_OK;
+}
+
+/* The train and test nets, in Caffe's order: train from exactly one of train_net_param, train_net,
+ * net_param, net; tests from test_net_param, then test_net, then as many instances of
+ * net/net_param as test_iter entries remain. */
+static mtl_status check_nets(mtl_cfg_node *root, const char *dir, parse_ctx *ctx, mtl_solver_config *c,
+                             mtl_error *err)
+{
+    const raw_fields *r = &ctx->raw;
+    int n_train = (r->net_file != NULL) + (r->net_param != NULL) + (r->train_file != NULL) + (r->train_param != NULL);
+    if (n_train == 0)
+        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG,
+                            "no train net: give one of net, net_param, train_net or train_net_param");
+    if (n_train > 1)
+        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG,
+                            "more than one train net: give only one of net, net_param, train_net and "
+                            "train_net_param");
+    const char *file = r->train_file ? r->train_file : r->net_file;
+    if (file && !(ctx->train.file = resolve_path(dir, file)))
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    ctx->train.inline_cfg = r->train_param ? r->train_param : r->net_param;
+    ctx->train.state = r->train_state;
+
+    for (int i = 0; i < r->n_test_params; i++)
+        MTL_TRY(add_test_source(ctx, dir, NULL, mtl_cfg_field(root, "test_net_param", i), err));
+    for (int i = 0; i < r->n_test_files; i++) {
+        const char *f;
+        MTL_TRY(mtl_cfg_string_at(root, "test_net", i, &f, err));
+        MTL_TRY(add_test_source(ctx, dir, f, NULL, err));
+    }
+    int explicit_tests = ctx->n_tests;
+    int has_generic = r->net_file || r->net_param;
+    if (has_generic ? c->n_test_iter < explicit_tests : c->n_test_iter != explicit_tests)
+        return mtl_cfg_fail(at(root, "test_iter", root), err, MTL_ERR_CONFIG,
+                            "test_iter must be given once for each test net (%d test_iter, %d test nets)",
+                            c->n_test_iter, explicit_tests);
+    for (int i = explicit_tests; i < c->n_test_iter; i++)
+        MTL_TRY(add_test_source(ctx, dir, r->net_file, r->net_param, err));
+    for (int i = 0; i < c->n_test_iter; i++)
+        if (c->test_iter[i] <= 0)
+            return mtl_cfg_fail(mtl_cfg_field(root, "test_iter", i), err, MTL_ERR_CONFIG, "test_iter must be > 0");
+    if (r->n_test_states > 0 && r->n_test_states != ctx->n_tests)
+        return mtl_cfg_fail(mtl_cfg_field(root, "test_state", 0), err, MTL_ERR_CONFIG,
+                            "test_state must be given once for each test net or not at all (%d test_state, %d test "
+                            "nets)",
+                            r->n_test_states, ctx->n_tests);
+    for (int i = 0; i < r->n_test_states; i++) {
+        ctx->tests[i].state = mtl_cfg_field(root, "test_state", i);
+        MTL_TRY(read_net_state(ctx->tests[i].state, MTL_PHASE_TEST, &ctx->tests[i].phase, err));
+    }
+
+    ctx->weights = calloc((size_t)r->n_weights + 1, sizeof(char *));
+    if (!ctx->weights)
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < r->n_weights; i++) {
+        const char *w;
+        MTL_TRY(mtl_cfg_string_at(root, "weights", i, &w, err));
+        if (!(ctx->weights[i] = resolve_path(dir, w)))
+            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+        ctx->n_weights = i + 1;
+    }
+    return MTL_OK;
+}
+
+static mtl_status check_solver_type(mtl_cfg_node *root, const raw_fields *r, mtl_update_type *type, mtl_error *err)
+{
+    if (r->has_type && r->has_legacy_type)
+        return mtl_cfg_fail(mtl_cfg_field(root, "solver_type", 0), err, MTL_ERR_CONFIG,
+                            "both 'type' and the deprecated 'solver_type' are given; keep only 'type'");
+    if (r->has_legacy_type) {
+        if (legacy_types[r->legacy_type] == MTL_UPDATE_COUNT)
+            return mtl_cfg_fail(mtl_cfg_field(root, "solver_type", 0), err, MTL_ERR_UNSUPPORTED,
+                                "solver type ADADELTA is not supported; mtl has %s", solver_types_text);
+        *type = legacy_types[r->legacy_type];
+        return MTL_OK;
+    }
+    const char *names[MTL_UPDATE_COUNT];
+    for (int t = 0; t < MTL_UPDATE_COUNT; t++) {
+        names[t] = mtl_update_type_name((mtl_update_type)t);
+        if (strcmp(r->type, names[t]) == 0) {
+            *type = (mtl_update_type)t;
+            return MTL_OK;
+        }
+    }
+    mtl_cfg_node *node = at(root, "type", root);
+    if (strcmp(r->type, "AdaDelta") == 0)
+        return mtl_cfg_fail(node, err, MTL_ERR_UNSUPPORTED, "solver type 'AdaDelta' is not supported; mtl has %s",
+                            solver_types_text);
+    char near[256];
+    if (mtl_cfg_suggest(r->type, names, MTL_UPDATE_COUNT, 2, near, sizeof(near)) > 0)
+        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "unknown solver type '%s'; did you mean %s?", r->type, near);
+    return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "unknown solver type '%s'; the types are %s", r->type,
+                        solver_types_text);
+}
+
+static mtl_status check_update(mtl_cfg_node *root, const raw_fields *r, mtl_solver_config *c, mtl_error *err)
+{
+    mtl_update_config *u = &c->update;
+    if (r->solver_mode == 1)
+        return mtl_cfg_fail(mtl_cfg_field(root, "solver_mode", 0), err, MTL_ERR_UNSUPPORTED,
+                            "solver_mode GPU is not supported yet: this mtl runs on the CPU; use solver_mode: CPU or "
+                            "remove the line");
+    MTL_TRY(check_solver_type(root, r, &u->type, err));
+    if (strcmp(r->regularization, "L2") == 0)
+        u->regularization = MTL_REGULARIZATION_L2;
+    else if (strcmp(r->regularization, "L1") == 0)
+        u->regularization = MTL_REGULARIZATION_L1;
+    else
+        return mtl_cfg_fail(mtl_cfg_field(root, "regularization_type", 0), err, MTL_ERR_CONFIG,
+                            "unknown regularization_type '%s'; use \"L2\" or \"L1\"", r->regularization);
+    const char *type = mtl_update_type_name(u->type);
+    if (!isfinite(u->momentum) || u->momentum < 0 || u->momentum >= 1)
+        return mtl_cfg_fail(at(root, "momentum", root), err, MTL_ERR_CONFIG, "momentum must lie in [0, 1)");
+    if ((u->type == MTL_UPDATE_RMSPROP || u->type == MTL_UPDATE_ADAGRAD) && u->momentum != 0)
+        return mtl_cfg_fail(at(root, "momentum", root), err, MTL_ERR_CONFIG,
+                            "momentum cannot be used with %s (as in Caffe)", type);
+    if (!isfinite(u->momentum2) || u->momentum2 < 0 || u->momentum2 >= 1)
+        return mtl_cfg_fail(at(root, "momentum2", root), err, MTL_ERR_CONFIG, "momentum2 must lie in [0, 1)");
+    if (!isfinite(u->rms_decay) || u->rms_decay < 0 || u->rms_decay >= 1)
+        return mtl_cfg_fail(at(root, "rms_decay", root), err, MTL_ERR_CONFIG, "rms_decay must lie in [0, 1)");
+    if (!isfinite(u->delta) || u->delta < 0)
+        return mtl_cfg_fail(at(root, "delta", root), err, MTL_ERR_CONFIG, "delta must be >= 0");
+    if (!isfinite(u->weight_decay) || u->weight_decay < 0)
+        return mtl_cfg_fail(at(root, "weight_decay", root), err, MTL_ERR_CONFIG, "weight_decay must be >= 0");
+    if (!isfinite(c->clip_gradients))
+        return mtl_cfg_fail(at(root, "clip_gradients", root), err, MTL_ERR_CONFIG,
+                            "clip_gradients must be finite (negative: off)");
+    return MTL_OK;
+}
+
+static mtl_status check_lr_policy(mtl_cfg_node *root, const raw_fields *r, mtl_solver_config *c, mtl_error *err)
+{
+    mtl_lr_policy *p = &c->lr;
+    const char *name = r->lr_policy;
+    if (!name)
+        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG, "lr_policy is required (%s)", lr_policies_text);
+    mtl_cfg_node *node = mtl_cfg_field(root, "lr_policy", 0);
+    int kind = -1;
+    const char *names[MTL_LR_POLICY_COUNT];
+    for (int k = 0; k < MTL_LR_POLICY_COUNT; k++) {
+        names[k] = mtl_lr_policy_name((mtl_lr_policy_kind)k);
+        if (strcmp(name, names[k]) == 0)
+            kind = k;
+    }
+    if (kind < 0) {
+        char near[256];
+        if (mtl_cfg_suggest(name, names, MTL_LR_POLICY_COUNT, 2, near, sizeof(near)) > 0)
+            return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "unknown lr_policy '%s'; did you mean %s?", name, near);
+        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "unknown lr_policy '%s'; the policies are %s", name,
+                            lr_policies_text);
+    }
+    p->kind = (mtl_lr_policy_kind)kind;
+    if (!r->has_base_lr)
+        return mtl_cfg_fail(root, err, MTL_ERR_CONFIG, "base_lr is required");
+    if (!isfinite(p->base_lr) || p->base_lr < 0)
+        return mtl_cfg_fail(mtl_cfg_field(root, "base_lr", 0), err, MTL_ERR_CONFIG,
+                            "base_lr must be a finite number >= 0");
+    for (int i = 0; i < p->n_stepvalues; i++)
+        if (p->stepvalues[i] < 0 || (i > 0 && p->stepvalues[i] <= p->stepvalues[i - 1]))
+            return mtl_cfg_fail(mtl_cfg_field(root, "stepvalue", i), err, MTL_ERR_CONFIG,
+                                "stepvalue must be non-negative and strictly increasing (%lld after %lld)",
+                                (long long)p->stepvalues[i], (long long)(i > 0 ? p->stepvalues[i - 1] : 0));
+    int uses_gamma = p->kind == MTL_LR_STEP || p->kind == MTL_LR_MULTISTEP || p->kind == MTL_LR_EXP ||
+                     p->kind == MTL_LR_INV || p->kind == MTL_LR_SIGMOID;
+    if (uses_gamma && (!r->has_gamma || !(p->gamma >= 0)))
+        return mtl_cfg_fail(at(root, "gamma", node), err, MTL_ERR_CONFIG, "lr_policy '%s' needs gamma >= 0", name);
+    if ((p->kind == MTL_LR_STEP || p->kind == MTL_LR_SIGMOID) && p->stepsize <= 0)
+        return mtl_cfg_fail(at(root, "stepsize", node), err, MTL_ERR_CONFIG, "lr_policy '%s' needs stepsize > 0",
+                            name);
+    if (p->kind == MTL_LR_MULTISTEP && p->n_stepvalues == 0)
+        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "lr_policy 'multistep' needs at least one stepvalue");
+    if ((p->kind == MTL_LR_INV || p->kind == MTL_LR_POLY) && !r->has_power)
+        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "lr_policy '%s' needs power", name);
+    if ((p->kind == MTL_LR_POLY || p->kind == MTL_LR_COSINE) && p->max_iter <= 0)
+        return mtl_cfg_fail(node, err, MTL_ERR_CONFIG, "lr_policy '%s' needs max_iter > 0", name);
+    if (p->kind != MTL_LR_COSINE && r->has_min_lr)
+        return mtl_cfg_fail(mtl_cfg_field(root, "min_lr", 0), err, MTL_ERR_CONFIG,
+                            "min_lr is only used by lr_policy 'cosine'");
+    if (p->warmup_iter == 0 && r->has_warmup_start_lr)
+        return mtl_cfg_fail(mtl_cfg_field(root, "warmup_start_lr", 0), err, MTL_ERR_CONFIG,
+                            "warmup_start_lr needs warmup_iter > 0");
+    return MTL_OK;
+}
+
+static mtl_status check_snapshot_prefix(mtl_cfg_node *root, const raw_fields *r, mtl_solver_config *c,
+                                        const char *stem, mtl_error *err)
+{
+    const char *prefix = r->snapshot_prefix;
     char *joined = NULL;
     if (!prefix) /* Caffe's default: the solver file's name without its extension */
         joined = mtl_strdup(stem);
@@ -703,35 +742,36 @@ static mtl_status read_snapshot_prefix(mtl_cfg_node *root, mtl_solver_config *c,
     free(joined);
     if (!c->snapshot_prefix)
         return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    if (c->snapshot > 0 || c->snapshot_after_train) {
-        char *pdir = dir_of(c->snapshot_prefix);
-        if (!pdir)
-            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-        const char *check = pdir[0] ? pdir : ".";
-        int ok = access(check, W_OK) == 0;
-        int saved = errno;
-        mtl_status st = MTL_OK;
-        if (!ok)
-            st = mtl_cfg_fail(prefix ? mtl_cfg_field(root, "snapshot_prefix", 0) : root, err, MTL_ERR_CONFIG,
-                              "snapshots would go to '%s_iter_<N>%s' but directory '%s' is not writable (%s); "
-                              "create it, or set snapshot_after_train: false and snapshot: 0",
-                              c->snapshot_prefix, MTL_SNAPSHOT_EXTENSION, check, strerror(saved));
-        free(pdir);
-        return st;
-    }
-    return MTL_OK;
+    if (c->snapshot == 0 && !c->snapshot_after_train)
+        return MTL_OK;
+    /* fail now rather than after hours of training */
+    char *pdir = dir_of(c->snapshot_prefix);
+    if (!pdir)
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    const char *check = pdir[0] ? pdir : ".";
+    mtl_status st = MTL_OK;
+    if (access(check, W_OK) != 0)
+        st = mtl_cfg_fail(at(root, "snapshot_prefix", root), err, MTL_ERR_CONFIG,
+                          "snapshots would go to '%s_iter_<N>%s' but directory '%s' is not writable (%s); create it, "
+                          "or set snapshot_after_train: false and snapshot: 0",
+                          c->snapshot_prefix, MTL_SNAPSHOT_EXTENSION, check, strerror(errno));
+    free(pdir);
+    return st;
 }
 
 static mtl_status parse_solver(parse_ctx *ctx, mtl_solver_config *c, const char *stem,
                                const mtl_solver_options *opts, mtl_error *err)
 {
     mtl_cfg_node *root = ctx->root;
-    MTL_TRY(read_nets(root, c->dir, ctx, c, err));
-    MTL_TRY(read_schedule(root, c, opts, err));
-    MTL_TRY(read_update(root, c, err));
-    MTL_TRY(read_lr_policy(root, c, c->max_iter, err));
-    MTL_TRY(read_snapshot_prefix(root, c, stem, err));
-    return mtl_cfg_check_unused(root, err);
+    MTL_TRY(read_net_fields(root, ctx, c, err));
+    MTL_TRY(read_schedule(root, &ctx->raw, c, opts, err));
+    MTL_TRY(read_update_fields(root, &ctx->raw, c, err));
+    MTL_TRY(read_lr_fields(root, &ctx->raw, c, err));
+    MTL_TRY(mtl_cfg_check_unused(root, err));
+    MTL_TRY(check_nets(root, c->dir, ctx, c, err));
+    MTL_TRY(check_update(root, &ctx->raw, c, err));
+    MTL_TRY(check_lr_policy(root, &ctx->raw, c, err));
+    return check_snapshot_prefix(root, &ctx->raw, c, stem, err);
 }
 
 /* ================================================================== building nets */
@@ -793,6 +833,13 @@ static mtl_cfg_node *clone_root(const mtl_cfg_node *msg)
     return root;
 }
 
+static void clear_positions(mtl_cfg_node *node)
+{
+    node->line = node->column = node->value_line = node->value_column = 0;
+    for (int i = 0; i < node->n_fields; i++)
+        clear_positions(node->fields[i]);
+}
+
 /* Replaces the net's own `state` with the solver's NetState (Caffe gives the solver's the final
  * word). The copy keeps no positions: they belong to another file. */
 static int set_net_state(mtl_cfg_node *root, const mtl_cfg_node *state)
@@ -806,7 +853,7 @@ static int set_net_state(mtl_cfg_node *root, const mtl_cfg_node *state)
         mtl_cfg_free(copy);
         return 0;
     }
-    copy->line = copy->column = 0;
+    clear_positions(copy);
     int kept = 0;
     for (int i = 0; i < root->n_fields; i++) {
         if (root->fields[i]->name && strcmp(root->fields[i]->name, "state") == 0)
@@ -1085,7 +1132,7 @@ static void display_train(mtl_solver *s, double lr)
     s->timer_start = now;
     s->timer_iter = s->iter;
     const mtl_net *net = s->train_net;
-    say(s, "Iteration %lld (%.3g iter/s), loss = %g", (long long)s->iter, per_s, s->train_out.loss);
+    say(s, "Iteration %lld (%.1f iter/s), loss = %g", (long long)s->iter, per_s, s->train_out.loss);
     outputs_say(s, net, &s->train_out, "Train");
     say(s, "Iteration %lld, lr = %g", (long long)s->iter, lr);
     if (s->opts.json) {
@@ -1292,6 +1339,27 @@ static mtl_status fill_snapshot(const mtl_solver *s, mtl_snapshot *snap, mtl_err
     st->rngs[0] = net->rng;
     for (int i = 0; i < s->n_test_nets; i++)
         st->rngs[1 + i] = s->test_nets[i]->rng;
+    /* layers with state beyond parameters (data read positions) */
+    int n_states = 0;
+    for (int i = 0; i < net->n_layers; i++)
+        n_states += net->layers[i]->ops->state_size != NULL;
+    if (n_states) {
+        st->layer_states = calloc((size_t)n_states, sizeof(*st->layer_states));
+        if (!st->layer_states)
+            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < net->n_layers; i++) {
+            const mtl_layer *l = net->layers[i];
+            if (!l->ops->state_size)
+                continue;
+            mtl_snapshot_layer_state *ls = &st->layer_states[st->n_layer_states++];
+            ls->size = l->ops->state_size(l);
+            uint8_t *bytes = malloc(ls->size ? (size_t)ls->size : 1);
+            ls->bytes = bytes;
+            if (!(ls->name = mtl_strdup(l->name)) || !bytes)
+                return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+            l->ops->state_save(l, bytes);
+        }
+    }
     st->window_size = s->window_size;
     st->window_fill = s->window_fill;
     st->window_pos = s->window_pos;
@@ -1362,6 +1430,21 @@ static mtl_status restore_state(mtl_solver *s, const mtl_snapshot *snap, mtl_err
     MTL_TRY(mtl_snapshot_restore_params(snap, net, err));
     for (int i = 0; i < net->n_slots; i++)
         mtl_snapshot_copy(snap, &st->history[i], s->history + s->history_offset[i]);
+    for (int i = 0; i < net->n_layers; i++) {
+        mtl_layer *l = net->layers[i];
+        if (!l->ops->state_load)
+            continue;
+        const mtl_snapshot_layer_state *found = NULL;
+        for (int k = 0; k < st->n_layer_states; k++)
+            if (strcmp(st->layer_states[k].name, l->name) == 0)
+                found = &st->layer_states[k];
+        if (!found)
+            return mtl_fail(err, MTL_ERR_CONFIG,
+                            "snapshot '%s' has no saved position for layer '%s', so the run cannot continue "
+                            "exactly; start afresh from its weights (--weights)",
+                            path, l->name);
+        MTL_TRY(l->ops->state_load(l, found->bytes, (size_t)found->size, err));
+    }
     if (st->n_rngs >= 1)
         net->rng = st->rngs[0];
     for (int i = 0; i < s->n_test_nets && 1 + i < st->n_rngs; i++)

@@ -13,16 +13,16 @@
 #include "core/net.h"
 #include "core/update.h"
 
-/* With random_seed absent or -1 the solver seeds with this, so runs are reproducible by default
+/* With random_seed absent or negative (Caffe's -1 default) the solver seeds with this, so runs are reproducible by default
  * (Caffe would use the clock). */
 #define MTL_SOLVER_DEFAULT_SEED 1701
 
 /* Receives each human-readable log line, without its newline. */
 typedef void (*mtl_solver_log_fn)(void *user, const char *line);
-/* Called before every forward pass, to fill a net's Input blobs. phase is the net's; for TRAIN,
- * iter is the iteration and pass the micro-batch (0..iter_size-1); for TEST, iter is the
- * iteration being tested and pass the test iteration (0..test_iter-1). `test_net` indexes the
- * test nets (-1 for the train net). A non-OK status stops the solver with that error. */
+/* Called before every forward pass, to fill a net's Input blobs. For the train net (test_net -1),
+ * iter is the iteration and pass the micro-batch (0..iter_size-1); for test net k (test_net k),
+ * iter is the iteration being tested and pass the test pass (0..test_iter-1). A non-OK status
+ * stops the solver with that error. */
 typedef mtl_status (*mtl_solver_feed_fn)(void *user, mtl_net *net, int test_net, int64_t iter, int64_t pass,
                                          mtl_error *err);
 
@@ -32,14 +32,14 @@ typedef struct mtl_solver_options {
     void *log_user;
     FILE *json;                         /* one JSON object per line (--log); NULL: none */
     volatile sig_atomic_t *stop_flag;   /* polled every iteration and test pass; may be NULL */
-    int64_t max_iter;                   /* > 0: replaces the file's max_iter */
+    int64_t max_iter;                   /* > 0: replaces the file's max_iter (poly and cosine use it too) */
     mtl_solver_feed_fn feed;            /* may be NULL */
     void *feed_user;
 } mtl_solver_options;
 
 /* The parsed SolverParameter (paths already resolved against the solver file's directory). */
 typedef struct mtl_solver_config {
-    char *path;                 /* the solver file ("<string>" for mtl_solver_from_string) */
+    char *path;                 /* the solver file ("<solver>" for mtl_solver_from_string) */
     char *dir;                  /* its directory: relative paths are resolved against it */
     mtl_update_config update;
     mtl_lr_policy lr;
@@ -81,7 +81,7 @@ typedef struct mtl_solver {
     float *history;             /* all slots' history */
     int64_t *history_offset;    /* [train_net->n_slots]: where slot s's n_history vectors start */
 
-    mtl_solver_outputs train_out; /* smoothed, as last displayed */
+    mtl_solver_outputs train_out; /* smoothed over the last average_loss iterations */
     double *iter_values;        /* [train_out.n]: the last iteration's values (averaged over iter_size) */
     mtl_solver_outputs *test_out; /* [n_test_nets]: the last test */
     int64_t window_size, window_fill, window_pos;
@@ -105,10 +105,11 @@ mtl_status mtl_solver_from_string(const char *text, const char *dir, const mtl_s
                                   mtl_solver **out, mtl_error *err);
 void mtl_solver_free(mtl_solver *s);
 
-/* Runs n_iters iterations (stopping early at max_iter is not implied: step runs exactly n_iters
- * unless stopped), with tests, displays and snapshots at their intervals. When *stop_flag is set it
- * snapshots and returns MTL_ERR_INTERRUPTED. A non-finite loss fails with MTL_ERR_NUMERIC naming
- * the iteration, the loss and the first layer whose output went non-finite. */
+/* Runs n_iters more iterations (whatever max_iter says), with tests, displays and snapshots at
+ * their intervals, as Caffe's Solver::Step. When *stop_flag is set it finishes the iteration under
+ * way, snapshots and returns MTL_ERR_INTERRUPTED (the message names the snapshot). A non-finite loss
+ * fails with MTL_ERR_NUMERIC naming the iteration, the loss and the first layer whose output went
+ * non-finite. */
 mtl_status mtl_solver_step(mtl_solver *s, int64_t n_iters, mtl_error *err);
 /* Trains from the current iteration to max_iter, then snapshots (snapshot_after_train) and shows
  * the final loss and test results, like Caffe's Solver::Solve. */

@@ -17,12 +17,14 @@
 typedef struct mtl_db_meta {
     int64_t count;         /* records */
     int n_labels;          /* K, labels per record */
-    char **label_names;    /* K names or NULL */
+    char **label_names;    /* K names or NULL; in a detection database (has_boxes) the category names in id
+                            * order, ending with a NULL entry (n_labels is 0 there) */
     int channels, height, width; /* 0 when sizes vary */
     int encoded;
     int64_t skipped;       /* bad inputs skipped during conversion */
     int64_t missing_labels; /* labels written '-' */
     int has_boxes;
+    int *category_ids;     /* detection: the category id (box class) named by each label_names entry, or NULL */
 } mtl_db_meta;
 
 typedef struct mtl_db_writer mtl_db_writer;
@@ -32,7 +34,8 @@ typedef struct mtl_db mtl_db;
 mtl_status mtl_db_writer_open(const char *path, mtl_db_writer **out, mtl_error *err);
 /* Appends record number `index` (keys are the index). Commits in batches. */
 mtl_status mtl_db_writer_put(mtl_db_writer *w, int64_t index, const mtl_record *r, mtl_error *err);
-/* Writes the metadata, commits, and renames the database into place. */
+/* Writes the metadata, commits, and renames the database into place. Frees the writer either way: on
+ * failure the partial files are removed as by mtl_db_writer_abort (do not call it afterwards). */
 mtl_status mtl_db_writer_finish(mtl_db_writer *w, const mtl_db_meta *meta, mtl_error *err);
 /* Abandons an unfinished database (removes the partial files); NULL is a no-op. */
 void mtl_db_writer_abort(mtl_db_writer *w);
@@ -47,6 +50,6 @@ const mtl_db_meta *mtl_db_meta_of(const mtl_db *db);
  * prefetcher) while the database is open. */
 mtl_status mtl_db_get(mtl_db *db, int64_t index, mtl_record *out, mtl_error *err);
 
-void mtl_db_meta_free(mtl_db_meta *meta); /* frees label_names */
+void mtl_db_meta_free(mtl_db_meta *meta); /* frees label_names and category_ids */
 
 #endif

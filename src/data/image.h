@@ -22,6 +22,9 @@ mtl_status mtl_image_decode(const uint8_t *bytes, size_t size, int channels, con
                             mtl_error *err);
 /* Reads just the size of an encoded file without decoding pixels. */
 mtl_status mtl_image_probe(const char *path, int *width, int *height, int *channels, mtl_error *err);
+/* The same from encoded bytes in memory (channels as decoding with channels 0 would give: 1 or 3). */
+mtl_status mtl_image_probe_bytes(const uint8_t *bytes, size_t size, const char *what, int *width, int *height,
+                                 int *channels, mtl_error *err);
 void mtl_image_free(mtl_image *img); /* frees pixels; the struct itself is the caller's */
 
 /* Bilinear resize to width x height (a new image in out). */

@@ -18,12 +18,17 @@ typedef struct conv_state {
     int channels;
     int axis;             /* as given; only the channel axis (1) is supported */
     mtl_conv_geom geom;   /* of one group of one image; set by reshape */
+    int m, k, p;          /* per group: outputs, column rows (C/group x kh x kw), output positions */
     int direct;           /* 1x1 kernel, stride 1, no padding: the image is its own column matrix */
+    int ones_row;         /* bias as one more column row of ones (so the GEMMs carry it); not direct */
+    int dw_transposed;    /* weight gradients as col * dy^T (see choose_dw_form) */
     int threads;          /* team size the scratch below is sized for */
-    int64_t col_count;    /* per thread */
+    int64_t col_count;    /* per thread: the column matrix (k rows, + ones), then dy^T when dw_transposed */
     float *col;           /* threads x col_count */
     int64_t col_capacity;
-    float *partial;       /* threads x (weights + bias): per-thread parameter gradients */
+    float *wext;          /* ones_row: (num_output, k + 1) weights with the bias as last column */
+    int64_t wext_capacity;
+    float *partial;       /* threads x groups x m x (k + bias): per-thread parameter gradients */
     int64_t partial_capacity;
 } conv_state;
 
@@ -162,6 +167,13 @@ static mtl_status reserve(const mtl_layer *l, float **buf, int64_t *capacity, in
     return MTL_OK;
 }
 
+/* The weight gradient of one image and group is dy (m x p) times col^T (p x k), an inner-product
+ * shaped GEMM. OpenBLAS's small-matrix kernels do not take that shape once m * k exceeds 1200
+ * (its sgemm_small_kernel_permit for this CPU family), and the packed path is a third slower at
+ * MultiLeNet's sizes; computing dw^T = col * (dy^T) instead is a plain product they do take. The
+ * transpose of dy costs p * m moves, worth it when k (the GEMM's depth per dy value) is large. */
+static int choose_dw_form(int m, int64_t k) { return (int64_t)m * k > 1200 && k >= 64; }
+
 /* Output extent along one axis, or -1 when the dilated kernel does not fit the padded input. */
 static int out_size(int in, int kernel, int pad, int stride, int dilation)
 {
@@ -193,7 +205,8 @@ static mtl_status conv_reshape(mtl_layer *l, mtl_error *err)
     int out_w = out_size(width, s->kernel[1], s->pad[1], s->stride[1], s->dilation[1]);
     if (out_h < 0 || out_w < 0)
         return mtl_layer_fail(l, err, MTL_ERR_SHAPE,
-                              "kernel %dx%d (dilation %dx%d) is larger than the padded input %dx%d (%dx%d plus pad %dx%d)",
+                              "kernel %dx%d (dilation %dx%d) is larger than the padded input %dx%d "
+                              "(%dx%d plus pad %dx%d)",
                               s->kernel[0], s->kernel[1], s->dilation[0], s->dilation[1], height + 2 * s->pad[0],
                               width + 2 * s->pad[1], height, width, s->pad[0], s->pad[1]);
     s->geom = (mtl_conv_geom){.channels = s->channels / s->group,
@@ -218,21 +231,35 @@ static mtl_status conv_reshape(mtl_layer *l, mtl_error *err)
     if (threads > n)
         threads = n > 0 ? n : 1;
     s->threads = threads;
-    s->col_count = s->direct ? 0 : (int64_t)s->geom.channels * s->kernel[0] * s->kernel[1] * out_h * out_w;
+    s->m = s->num_output / s->group;
+    s->k = s->geom.channels * s->kernel[0] * s->kernel[1];
+    s->p = out_h * out_w;
+    s->ones_row = s->bias_term && !s->direct;
+    s->dw_transposed = choose_dw_form(s->m, s->k);
+    const int64_t kp = s->k + s->bias_term;
+    s->col_count = (s->direct ? 0 : (s->k + s->ones_row) * (int64_t)s->p) +
+                   (s->dw_transposed ? (int64_t)s->p * s->m : 0);
     MTL_TRY(reserve(l, &s->col, &s->col_capacity, threads * s->col_count, err));
-    int64_t params = l->params[0]->count + (s->bias_term ? s->num_output : 0);
-    MTL_TRY(reserve(l, &s->partial, &s->partial_capacity, threads * params, err));
+    MTL_TRY(reserve(l, &s->wext, &s->wext_capacity, s->ones_row ? s->num_output * kp : 0, err));
+    MTL_TRY(reserve(l, &s->partial, &s->partial_capacity, threads * s->num_output * kp, err));
     return MTL_OK;
 }
 
-/* One image: y (num_output x P) = W * im2col(x) + bias, per group. */
+/* The ones row under the column matrix of this thread (im2col and dcol never touch it). */
+static void set_ones_row(const conv_state *s, float *col)
+{
+    float *ones = col + (int64_t)s->k * s->p;
+    for (int j = 0; j < s->p; j++)
+        ones[j] = 1.0f;
+}
+
+/* One image: y (num_output x P) = W * im2col(x) + bias, per group; with ones_row, w is the
+ * extended (num_output, k + 1) matrix and the bias comes out of the GEMM. */
 static void forward_image(const conv_state *s, const float *w, const float *bias, const float *x, float *y,
                           float *col)
 {
     const mtl_conv_geom *g = &s->geom;
-    const int p = g->out_h * g->out_w;
-    const int m = s->num_output / s->group;
-    const int k = g->channels * g->kernel_h * g->kernel_w;
+    const int m = s->m, k = s->k, p = s->p, kw = k + s->ones_row;
     for (int grp = 0; grp < s->group; grp++) {
         const float *xg = x + (int64_t)grp * g->channels * g->height * g->width; /* (C/group, H, W) */
         float *yg = y + (int64_t)grp * m * p;                                   /* (M/group, P) */
@@ -242,7 +269,7 @@ static void forward_image(const conv_state *s, const float *w, const float *bias
             cols = col;
         }
         float beta = 0.0f;
-        if (bias) {
+        if (bias && !s->ones_row) {
             for (int i = 0; i < m; i++) {
                 float b = bias[grp * m + i];
                 for (int j = 0; j < p; j++)
@@ -250,7 +277,7 @@ static void forward_image(const conv_state *s, const float *w, const float *bias
             }
             beta = 1.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, p, k, 1.0f, w + (int64_t)grp * m * k, k, cols, p,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, p, kw, 1.0f, w + (int64_t)grp * m * kw, kw, cols, p,
                     beta, yg, p);
     }
 }
@@ -259,8 +286,15 @@ static mtl_status conv_forward(mtl_layer *l, mtl_error *err)
 {
     (void)err;
     conv_state *s = l->priv;
-    const float *w = l->params[0]->data;
+    const float *w = l->params[0]->data; /* (num_output, k) */
     const float *bias = s->bias_term ? l->params[1]->data : NULL;
+    if (s->ones_row) {
+        for (int o = 0; o < s->num_output; o++) {
+            memcpy(s->wext + (int64_t)o * (s->k + 1), w + (int64_t)o * s->k, (size_t)s->k * sizeof(float));
+            s->wext[(int64_t)o * (s->k + 1) + s->k] = bias[o];
+        }
+        w = s->wext;
+    }
     const int64_t in_count = mtl_tensor_count_range(l->bottoms[0], 1, 4);
     const int64_t out_count = mtl_tensor_count_range(l->tops[0], 1, 4);
     const int n = l->bottoms[0]->shape[0];
@@ -273,6 +307,8 @@ MTL_OMP("omp parallel num_threads(s->threads)")
             int64_t i0, i1;
             mtl_cpu_range(n, mtl_cpu_team_size(), t, &i0, &i1);
             float *col = s->col + t * s->col_count;
+            if (s->ones_row && i0 < i1)
+                set_ones_row(s, col);
             for (int64_t i = i0; i < i1; i++)
                 forward_image(s, w, bias, x + i * in_count, y + i * out_count, col);
         }
@@ -280,37 +316,52 @@ MTL_OMP("omp parallel num_threads(s->threads)")
     return MTL_OK;
 }
 
-/* One image's share of the gradients: dw (+=) = dy * im2col(x)^T, db (+=) = row sums of dy,
- * dx = col2im(W^T * dy); dw, db and dx may be NULL when not wanted. */
-static void backward_image(const conv_state *s, const float *w, const float *x, const float *dy, float *dw, float *db,
-                           float *dx, float *col)
+/* Sum of n values in eight interleaved partial sums (one vector's worth, so the loop vectorises
+ * without reordering anything: the same bits every time). */
+static float row_sum(const float *x, int n)
+{
+    float part[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            part[k] += x[i + k];
+    float sum = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+    for (; i < n; i++)
+        sum += x[i];
+    return sum;
+}
+
+/* One image's share of the gradients. part (per group an m x kp block, or kp x m when
+ * dw_transposed, kp = k + bias) accumulates dy * im2col(x)^T, whose extra column against the ones
+ * row is the bias gradient (row sums of dy when there is no ones row); dx = col2im(W^T * dy). */
+static void backward_image(const conv_state *s, const float *w, const float *x, const float *dy, float *part,
+                           int need_w, int need_b, float *dx, float *col)
 {
     const mtl_conv_geom *g = &s->geom;
-    const int p = g->out_h * g->out_w;
-    const int m = s->num_output / s->group;
-    const int k = g->channels * g->kernel_h * g->kernel_w;
+    const int m = s->m, k = s->k, p = s->p, kp = k + s->bias_term;
+    const int rows = k + (s->ones_row && need_b); /* column rows the weight GEMM uses */
+    float *dyt = col + (s->direct ? 0 : (int64_t)(k + s->ones_row) * p); /* (P, m) when dw_transposed */
     const int64_t in_group = (int64_t)g->channels * g->height * g->width;
     for (int grp = 0; grp < s->group; grp++) {
-        const float *dyg = dy + (int64_t)grp * m * p; /* (M/group, P) */
-        if (db) {
-            for (int i = 0; i < m; i++) {
-                const float *row = dyg + (int64_t)i * p;
-                float sum = 0.0f;
-                for (int j = 0; j < p; j++)
-                    sum += row[j];
-                db[grp * m + i] += sum;
-            }
-        }
-        if (dw) {
+        const float *dyg = dy + (int64_t)grp * m * p; /* (m, P) */
+        float *pg = part + (int64_t)grp * m * kp;
+        if (need_w) {
             const float *xg = x + grp * in_group;
             const float *cols = xg;
             if (!s->direct) {
                 mtl_cpu_im2col(g, xg, col, p);
                 cols = col;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, p, 1.0f, dyg, p, cols, p, 1.0f,
-                        dw + (int64_t)grp * m * k, k);
+            if (s->dw_transposed) { /* pg (kp, m) += cols (rows, P) * dy^T (P, m) */
+                mtl_cpu_transpose(dyg, m, p, dyt);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, m, p, 1.0f, cols, p, dyt, m, 1.0f, pg, m);
+            } else { /* pg (m, kp) += dy (m, P) * cols^T (P, rows) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, rows, p, 1.0f, dyg, p, cols, p, 1.0f, pg, kp);
+            }
         }
+        if (need_b && (!need_w || !s->ones_row))
+            for (int i = 0; i < m; i++)
+                pg[s->dw_transposed ? (int64_t)k * m + i : (int64_t)i * kp + k] += row_sum(dyg + (int64_t)i * p, p);
         if (dx) {
             float *dxg = dx + grp * in_group;
             float *dcols = s->direct ? dxg : col;
@@ -328,14 +379,14 @@ static void conv_backward(mtl_layer *l)
     const int need_w = mtl_layer_param_needs_grad(l, 0);
     const int need_b = s->bias_term && mtl_layer_param_needs_grad(l, 1);
     const float *w = l->params[0]->data;
-    const int64_t wcount = l->params[0]->count;
-    const int64_t params = wcount + (s->bias_term ? s->num_output : 0);
+    const int m = s->m, k = s->k, kp = k + s->bias_term;
+    const int64_t part_count = (int64_t)s->num_output * kp;
     const int64_t in_count = mtl_tensor_count_range(l->bottoms[0], 1, 4);
     const int64_t out_count = mtl_tensor_count_range(l->tops[0], 1, 4);
     const int n = l->bottoms[0]->shape[0];
     int team = 1;
     if (need_w || need_b)
-        memset(s->partial, 0, (size_t)(s->threads * params) * sizeof(float));
+        memset(s->partial, 0, (size_t)(s->threads * part_count) * sizeof(float));
     for (int b = 0; b < l->n_bottoms; b++) {
         const int need_x = l->propagate_down[b];
         if (!need_w && !need_b && !need_x)
@@ -351,30 +402,34 @@ MTL_OMP("omp parallel num_threads(s->threads)")
             int64_t i0, i1;
             mtl_cpu_range(n, mtl_cpu_team_size(), t, &i0, &i1);
             float *col = s->col + t * s->col_count;
-            float *dw = need_w ? s->partial + t * params : NULL;
-            float *db = need_b ? s->partial + t * params + wcount : NULL;
+            if (s->ones_row && need_w && need_b && i0 < i1)
+                set_ones_row(s, col);
             for (int64_t i = i0; i < i1; i++)
-                backward_image(s, w, x + i * in_count, dy + i * out_count, dw, db, dx ? dx + i * in_count : NULL,
-                               col);
+                backward_image(s, w, x + i * in_count, dy + i * out_count, s->partial + t * part_count, need_w, need_b,
+                               dx ? dx + i * in_count : NULL, col);
         }
     }
     /* per-thread sums added in thread order: the same bits for the same thread count */
-    if (need_w) {
-        float *grad = l->params[0]->grad;
-        for (int t = 0; t < team; t++) {
-            const float *part = s->partial + t * params;
-            for (int64_t i = 0; i < wcount; i++)
-                grad[i] += part[i];
+    float *dw = need_w ? l->params[0]->grad : NULL; /* (num_output, C/group, kh, kw) */
+    float *db = need_b ? l->params[1]->grad : NULL; /* (num_output) */
+    for (int t = 0; t < team; t++)
+        for (int grp = 0; grp < s->group; grp++) {
+            const float *pg = s->partial + t * part_count + (int64_t)grp * m * kp;
+            for (int i = 0; i < m; i++) {
+                float *row = dw ? dw + ((int64_t)grp * m + i) * k : NULL;
+                if (s->dw_transposed) { /* pg (kp, m) */
+                    for (int j = 0; row && j < k; j++)
+                        row[j] += pg[(int64_t)j * m + i];
+                    if (db)
+                        db[grp * m + i] += pg[(int64_t)k * m + i];
+                } else { /* pg (m, kp) */
+                    for (int j = 0; row && j < k; j++)
+                        row[j] += pg[(int64_t)i * kp + j];
+                    if (db)
+                        db[grp * m + i] += pg[(int64_t)i * kp + k];
+                }
+            }
         }
-    }
-    if (need_b) {
-        float *grad = l->params[1]->grad;
-        for (int t = 0; t < team; t++) {
-            const float *part = s->partial + t * params + wcount;
-            for (int i = 0; i < s->num_output; i++)
-                grad[i] += part[i];
-        }
-    }
 }
 
 static void conv_release(mtl_layer *l)
@@ -382,6 +437,7 @@ static void conv_release(mtl_layer *l)
     conv_state *s = l->priv;
     if (s) {
         mtl_aligned_free(s->col);
+        mtl_aligned_free(s->wext);
         mtl_aligned_free(s->partial);
     }
     free(s);

@@ -33,6 +33,10 @@ const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT] = {
     [MTL_LAYER_DATA] = &mtl_layer_data,
     [MTL_LAYER_IMAGE_DATA] = &mtl_layer_image_data,
     [MTL_LAYER_MEMORY_DATA] = &mtl_layer_memory_data,
+    [MTL_LAYER_CONTRASTIVE_LOSS] = &mtl_layer_contrastive_loss,
+    [MTL_LAYER_TRIPLET_LOSS] = &mtl_layer_triplet_loss,
+    [MTL_LAYER_PAIR_LOSS] = &mtl_layer_pair_loss,
+    [MTL_LAYER_L2_NORMALIZE] = &mtl_layer_l2_normalize,
 };
 
 static const char *layer_type_names[MTL_LAYER_TYPE_COUNT];

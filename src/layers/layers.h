@@ -35,6 +35,10 @@ typedef enum mtl_layer_type {
     MTL_LAYER_DATA,
     MTL_LAYER_IMAGE_DATA,
     MTL_LAYER_MEMORY_DATA,
+    MTL_LAYER_CONTRASTIVE_LOSS,
+    MTL_LAYER_TRIPLET_LOSS,
+    MTL_LAYER_PAIR_LOSS,
+    MTL_LAYER_L2_NORMALIZE,
     MTL_LAYER_TYPE_COUNT
 } mtl_layer_type;
 
@@ -67,6 +71,10 @@ extern const mtl_layer_ops mtl_layer_accuracy;
 extern const mtl_layer_ops mtl_layer_data;
 extern const mtl_layer_ops mtl_layer_image_data;
 extern const mtl_layer_ops mtl_layer_memory_data;
+extern const mtl_layer_ops mtl_layer_contrastive_loss;
+extern const mtl_layer_ops mtl_layer_triplet_loss;
+extern const mtl_layer_ops mtl_layer_pair_loss;
+extern const mtl_layer_ops mtl_layer_l2_normalize;
 
 extern const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT];
 

@@ -114,9 +114,10 @@ static mtl_status pool_reshape(mtl_layer *l, mtl_error *err)
     int out_h = pooled_size(height, s->kernel[0], s->pad[0], s->stride[0], s->round_mode);
     int out_w = pooled_size(width, s->kernel[1], s->pad[1], s->stride[1], s->round_mode);
     if (out_h <= 0 || out_w <= 0)
-        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "kernel %dx%d is larger than the padded input %dx%d (%dx%d plus pad %dx%d)",
-                              s->kernel[0], s->kernel[1], height + 2 * s->pad[0], width + 2 * s->pad[1], height, width,
-                              s->pad[0], s->pad[1]);
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE,
+                              "kernel %dx%d is larger than the padded input %dx%d (%dx%d plus pad %dx%d)", s->kernel[0],
+                              s->kernel[1], height + 2 * s->pad[0], width + 2 * s->pad[1], height, width, s->pad[0],
+                              s->pad[1]);
     s->geom = (mtl_pool_geom){.height = height,
                               .width = width,
                               .kernel_h = s->kernel[0],

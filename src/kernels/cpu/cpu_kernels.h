@@ -44,6 +44,9 @@ static inline void mtl_cpu_range(int64_t n, int parts, int part, int64_t *begin,
 void mtl_cpu_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                    const float *b, int ldb, float beta, float *c, int ldc);
 
+/* b (cols x rows) = a^T for a (rows x cols). */
+void mtl_cpu_transpose(const float *a, int rows, int cols, float *b);
+
 /* ---- convolution ---- */
 
 typedef struct mtl_conv_geom {

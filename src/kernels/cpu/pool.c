@@ -1,6 +1,11 @@
 /* Max and average pooling over one plane, with Caffe's window clipping, plus a branch-free path
- * for the common 2x2 stride-2 max pooling whose windows all lie inside the plane. */
+ * (four windows per SSE4.1 step where the target has it) for the common 2x2 stride-2 max pooling
+ * whose windows all lie inside the plane. */
 #include <string.h>
+
+#ifdef __SSE4_1__
+#include <smmintrin.h>
+#endif
 
 #include "kernels/cpu/cpu_kernels.h"
 
@@ -24,7 +29,30 @@ static void maxpool_2x2(const mtl_pool_geom *g, const float *in, float *out, int
         float *o = out + (int64_t)oy * out_w;
         int32_t *m = mask + (int64_t)oy * out_w;
         const int32_t base = 2 * oy * width;
-        for (int ox = 0; ox < out_w; ox++) {
+        int ox = 0;
+#ifdef __SSE4_1__
+        /* four windows at a time: even and odd columns split by shuffles, the same comparisons */
+        const __m128i step = _mm_setr_epi32(0, 2, 4, 6);
+        for (; ox + 4 <= out_w; ox += 4) {
+            __m128 u0 = _mm_loadu_ps(r0 + 2 * ox), u1 = _mm_loadu_ps(r0 + 2 * ox + 4);
+            __m128 v0 = _mm_loadu_ps(r1 + 2 * ox), v1 = _mm_loadu_ps(r1 + 2 * ox + 4);
+            __m128 a = _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0));
+            __m128 b = _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1));
+            __m128 c = _mm_shuffle_ps(v0, v1, _MM_SHUFFLE(2, 0, 2, 0));
+            __m128 d = _mm_shuffle_ps(v0, v1, _MM_SHUFFLE(3, 1, 3, 1));
+            __m128i ia = _mm_add_epi32(_mm_set1_epi32(base + 2 * ox), step);
+            __m128i ic = _mm_add_epi32(ia, _mm_set1_epi32(width));
+            __m128 b_gt = _mm_cmpgt_ps(b, a), d_gt = _mm_cmpgt_ps(d, c);
+            __m128 top = _mm_blendv_ps(a, b, b_gt), bottom = _mm_blendv_ps(c, d, d_gt);
+            __m128i itop = _mm_sub_epi32(ia, _mm_castps_si128(b_gt)); /* true lanes are -1: +1 */
+            __m128i ibottom = _mm_sub_epi32(ic, _mm_castps_si128(d_gt));
+            __m128 bottom_gt = _mm_cmpgt_ps(bottom, top);
+            _mm_storeu_ps(o + ox, _mm_blendv_ps(top, bottom, bottom_gt));
+            _mm_storeu_si128((__m128i *)(m + ox), _mm_castps_si128(_mm_blendv_ps(
+                                                      _mm_castsi128_ps(itop), _mm_castsi128_ps(ibottom), bottom_gt)));
+        }
+#endif
+        for (; ox < out_w; ox++) {
             float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
             int32_t ia = base + 2 * ox;
             float top = b > a ? b : a;

@@ -1,5 +1,6 @@
 /* Threading conventions of the CPU kernels: OpenBLAS kept single-threaded, team helpers that
- * also compile without OpenMP, and a GEMM split over the team in row or column blocks. */
+ * also compile without OpenMP, a GEMM split over the team in row or column blocks, and a
+ * cache-blocked transpose. */
 #include <cblas.h>
 
 #ifdef MTL_OPENMP
@@ -86,6 +87,22 @@ MTL_OMP("omp parallel num_threads(threads)")
             else
                 sgemm_block(trans_a, trans_b, m, hi - lo, k, alpha, a, lda, trans_b ? b + (int64_t)lo * ldb : b + lo,
                             ldb, beta, c + lo, ldc);
+        }
+    }
+}
+
+/* Tiles of this many rows and columns keep both sides of the transpose in L1. */
+#define TRANSPOSE_TILE 16
+
+void mtl_cpu_transpose(const float *a, int rows, int cols, float *b)
+{
+    for (int i0 = 0; i0 < rows; i0 += TRANSPOSE_TILE) {
+        int i1 = i0 + TRANSPOSE_TILE < rows ? i0 + TRANSPOSE_TILE : rows;
+        for (int j0 = 0; j0 < cols; j0 += TRANSPOSE_TILE) {
+            int j1 = j0 + TRANSPOSE_TILE < cols ? j0 + TRANSPOSE_TILE : cols;
+            for (int j = j0; j < j1; j++)
+                for (int i = i0; i < i1; i++)
+                    b[(int64_t)j * rows + i] = a[(int64_t)i * cols + j];
         }
     }
 }
