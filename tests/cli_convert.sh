@@ -272,14 +272,11 @@ interrupt_run() { # signal db
   for i in $(seq 100); do [ -d "$2.partial" ] && break; sleep 0.1; done
   sleep 0.5
   kill "-$1" "$pid"
-  # should the signal have come before the read started blocking, open the FIFO's other end
-  (sleep 2; [ -p "$img/fifo.png" ] && timeout 2 bash -c "exec 3>'$img/fifo.png'") 2>/dev/null &
-  local helper=$!
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  # should the signal have come just before the read started blocking, open the FIFO's other end
+  # (from this shell: a helper subshell killed right after its fork could run this script's EXIT trap)
+  if kill -0 "$pid" 2>/dev/null; then timeout 2 bash -c "exec 3>'$img/fifo.png'" 2>/dev/null; fi
   wait "$pid" 2>/dev/null
-  local rc=$?
-  kill "$helper" 2>/dev/null
-  wait "$helper" 2>/dev/null
-  return "$rc"
 }
 interrupt_run INT "$work/int"
 rc=$?

@@ -212,6 +212,17 @@ static void test_gradients(void)
          .n_bottoms = 2,
          .shapes = {{6, 4}, {6}},
          .label_classes = {0, 3}},
+        /* batches big enough for the threaded paths (N x N x D >= 32768) */
+        {.layer = "type: 'TripletLoss' triplet_loss_param { mining: BATCH_HARD margin: 1 }",
+         .n_bottoms = 2,
+         .shapes = {{48, 16}, {48}},
+         .label_classes = {0, 6},
+         .lo = -3,
+         .hi = 3},
+        {.layer = "type: 'PairLoss' pair_loss_param { balance: true margin: 4 }",
+         .n_bottoms = 2,
+         .shapes = {{48, 16}, {48}},
+         .label_classes = {0, 5}},
         /* L2Normalize */
         {.layer = "type: 'L2Normalize'", .n_bottoms = 1, .shapes = {{3, 4}}},
         {.layer = "type: 'L2Normalize'", .n_bottoms = 1, .shapes = {{2, 3, 2, 2}}},

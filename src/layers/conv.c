@@ -1,7 +1,8 @@
 /* Convolution with Caffe's semantics (2D, NCHW, groups, dilation; as many tops as bottoms, all
- * sharing the weights). Threads take contiguous ranges of images; each image is im2col plus one
- * single-threaded sgemm per group, and weight gradients are summed per thread, then added up in
- * thread order, so results are deterministic for a given thread count. */
+ * sharing the weights). The batch is cut into a fixed number of chunks of images that threads
+ * take as they come free; each image is im2col plus one single-threaded sgemm per group. Weight
+ * gradients are summed per chunk and the chunks added in order, so results do not depend on the
+ * thread count or on which thread ran which chunk (unless a huge layer caps the chunk count). */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,13 +23,14 @@ typedef struct conv_state {
     int direct;           /* 1x1 kernel, stride 1, no padding: the image is its own column matrix */
     int ones_row;         /* bias as one more column row of ones (so the GEMMs carry it); not direct */
     int dw_transposed;    /* weight gradients as col * dy^T (see choose_dw_form) */
-    int threads;          /* team size the scratch below is sized for */
+    int threads;          /* team size the column scratch is sized for */
+    int chunks;           /* pieces of the batch, each with its own weight-gradient sums */
     int64_t col_count;    /* per thread: the column matrix (k rows, + ones), then dy^T when dw_transposed */
     float *col;           /* threads x col_count */
     int64_t col_capacity;
     float *wext;          /* ones_row: (num_output, k + 1) weights with the bias as last column */
     int64_t wext_capacity;
-    float *partial;       /* threads x groups x m x (k + bias): per-thread parameter gradients */
+    float *partial;       /* chunks x groups x m x (k + bias): per-chunk parameter gradients */
     int64_t partial_capacity;
 } conv_state;
 
@@ -167,6 +169,11 @@ static mtl_status reserve(const mtl_layer *l, float **buf, int64_t *capacity, in
     return MTL_OK;
 }
 
+/* Chunks of the batch: enough that threads stay busy when one of them is held up, few enough that
+ * their weight-gradient sums stay small. */
+#define CONV_MAX_CHUNKS 16
+#define CONV_PARTIAL_BUDGET (4 << 20) /* floats of per-chunk weight-gradient sums */
+
 /* The weight gradient of one image and group is dy (m x p) times col^T (p x k), an inner-product
  * shaped GEMM. OpenBLAS's small-matrix kernels do not take that shape once m * k exceeds 1200
  * (its sgemm_small_kernel_permit for this CPU family), and the packed path is a third slower at
@@ -241,7 +248,13 @@ static mtl_status conv_reshape(mtl_layer *l, mtl_error *err)
                    (s->dw_transposed ? (int64_t)s->p * s->m : 0);
     MTL_TRY(reserve(l, &s->col, &s->col_capacity, threads * s->col_count, err));
     MTL_TRY(reserve(l, &s->wext, &s->wext_capacity, s->ones_row ? s->num_output * kp : 0, err));
-    MTL_TRY(reserve(l, &s->partial, &s->partial_capacity, threads * s->num_output * kp, err));
+    /* the chunk count depends only on shapes (so results do not depend on the thread count), unless
+     * the gradient sums of a huge layer would not fit the budget: then one chunk per thread */
+    int chunks = n < CONV_MAX_CHUNKS ? (n > 0 ? n : 1) : CONV_MAX_CHUNKS;
+    if ((int64_t)chunks * s->num_output * kp > CONV_PARTIAL_BUDGET && chunks > threads)
+        chunks = threads;
+    s->chunks = chunks;
+    MTL_TRY(reserve(l, &s->partial, &s->partial_capacity, chunks * s->num_output * kp, err));
     return MTL_OK;
 }
 
@@ -303,14 +316,16 @@ static mtl_status conv_forward(mtl_layer *l, mtl_error *err)
         float *y = l->tops[b]->data;          /* (N, num_output, out_h, out_w) */
 MTL_OMP("omp parallel num_threads(s->threads)")
         {
-            int t = mtl_cpu_thread_id();
-            int64_t i0, i1;
-            mtl_cpu_range(n, mtl_cpu_team_size(), t, &i0, &i1);
-            float *col = s->col + t * s->col_count;
-            if (s->ones_row && i0 < i1)
+            float *col = s->col + mtl_cpu_thread_id() * s->col_count;
+            if (s->ones_row)
                 set_ones_row(s, col);
-            for (int64_t i = i0; i < i1; i++)
-                forward_image(s, w, bias, x + i * in_count, y + i * out_count, col);
+MTL_OMP("omp for schedule(dynamic, 1)")
+            for (int c = 0; c < s->chunks; c++) {
+                int64_t i0, i1;
+                mtl_cpu_range(n, s->chunks, c, &i0, &i1);
+                for (int64_t i = i0; i < i1; i++)
+                    forward_image(s, w, bias, x + i * in_count, y + i * out_count, col);
+            }
         }
     }
     return MTL_OK;
@@ -384,9 +399,8 @@ static void conv_backward(mtl_layer *l)
     const int64_t in_count = mtl_tensor_count_range(l->bottoms[0], 1, 4);
     const int64_t out_count = mtl_tensor_count_range(l->tops[0], 1, 4);
     const int n = l->bottoms[0]->shape[0];
-    int team = 1;
     if (need_w || need_b)
-        memset(s->partial, 0, (size_t)(s->threads * part_count) * sizeof(float));
+        memset(s->partial, 0, (size_t)(s->chunks * part_count) * sizeof(float));
     for (int b = 0; b < l->n_bottoms; b++) {
         const int need_x = l->propagate_down[b];
         if (!need_w && !need_b && !need_x)
@@ -396,25 +410,25 @@ static void conv_backward(mtl_layer *l)
         float *dx = need_x ? l->bottoms[b]->grad : NULL;
 MTL_OMP("omp parallel num_threads(s->threads)")
         {
-            int t = mtl_cpu_thread_id();
-            if (t == 0)
-                team = mtl_cpu_team_size();
-            int64_t i0, i1;
-            mtl_cpu_range(n, mtl_cpu_team_size(), t, &i0, &i1);
-            float *col = s->col + t * s->col_count;
-            if (s->ones_row && need_w && need_b && i0 < i1)
+            float *col = s->col + mtl_cpu_thread_id() * s->col_count;
+            if (s->ones_row && need_w && need_b)
                 set_ones_row(s, col);
-            for (int64_t i = i0; i < i1; i++)
-                backward_image(s, w, x + i * in_count, dy + i * out_count, s->partial + t * part_count, need_w, need_b,
-                               dx ? dx + i * in_count : NULL, col);
+MTL_OMP("omp for schedule(dynamic, 1)")
+            for (int c = 0; c < s->chunks; c++) {
+                int64_t i0, i1;
+                mtl_cpu_range(n, s->chunks, c, &i0, &i1);
+                for (int64_t i = i0; i < i1; i++)
+                    backward_image(s, w, x + i * in_count, dy + i * out_count, s->partial + c * part_count, need_w,
+                                   need_b, dx ? dx + i * in_count : NULL, col);
+            }
         }
     }
-    /* per-thread sums added in thread order: the same bits for the same thread count */
+    /* chunk sums added in chunk order: the same bits whichever thread ran which chunk */
     float *dw = need_w ? l->params[0]->grad : NULL; /* (num_output, C/group, kh, kw) */
     float *db = need_b ? l->params[1]->grad : NULL; /* (num_output) */
-    for (int t = 0; t < team; t++)
+    for (int c = 0; c < s->chunks && (dw || db); c++)
         for (int grp = 0; grp < s->group; grp++) {
-            const float *pg = s->partial + t * part_count + (int64_t)grp * m * kp;
+            const float *pg = s->partial + c * part_count + (int64_t)grp * m * kp;
             for (int i = 0; i < m; i++) {
                 float *row = dw ? dw + ((int64_t)grp * m + i) * k : NULL;
                 if (s->dw_transposed) { /* pg (kp, m) */

@@ -62,8 +62,7 @@ static mtl_status check_labels(const mtl_layer *l, int index, int n, mtl_error *
  * N x N matrix k of d loss / d (x_i - x_j) factors. One row per thread: deterministic. */
 static void pairwise_backward(const float *x, int n, int64_t dim, const double *k, double scale, float *dx)
 {
-    int parallel = (int64_t)n * n * dim >= METRIC_PARALLEL_MIN;
-#pragma omp parallel for if (parallel) schedule(static)
+#pragma omp parallel for if ((int64_t)n * n * dim >= METRIC_PARALLEL_MIN) schedule(static)
     for (int i = 0; i < n; i++) {
         float *gi = dx + (int64_t)i * dim;
         const float *xi = x + (int64_t)i * dim;
@@ -435,13 +434,12 @@ static void triplet_forward_mined(mtl_layer *l)
     triplet_priv *s = l->priv;
     const float *x = l->bottoms[0]->data, *y = l->bottoms[1]->data;
     int n = l->bottoms[0]->shape[0];
-    int64_t dim = per_sample(l->bottoms[0]), nn = (int64_t)n * n;
+    int64_t dim = per_sample(l->bottoms[0]);
     double *dist = s->dist.data, *coef = s->coef.data;
     double *a_loss = s->anchor_sums.data, *a_active = a_loss + n, *a_count = a_active + n;
     double margin = s->margin;
-    int parallel = nn * dim >= METRIC_PARALLEL_MIN;
 
-#pragma omp parallel for if (parallel) schedule(static)
+#pragma omp parallel for if ((int64_t)n * n * dim >= METRIC_PARALLEL_MIN) schedule(static)
     for (int i = 0; i < n; i++) {
         int vi = !mtl_label_is_ignored(y[i], s->has_ignore, s->ignore_label);
         for (int j = 0; j < n; j++) {
@@ -455,7 +453,7 @@ static void triplet_forward_mined(mtl_layer *l)
         }
     }
 
-#pragma omp parallel for if (parallel) schedule(dynamic, 4)
+#pragma omp parallel for if ((int64_t)n * n * dim >= METRIC_PARALLEL_MIN) schedule(dynamic, 4)
     for (int a = 0; a < n; a++) {
         a_loss[a] = a_active[a] = a_count[a] = 0.0;
         if (mtl_label_is_ignored(y[a], s->has_ignore, s->ignore_label))
@@ -733,8 +731,7 @@ static mtl_status pair_forward(mtl_layer *l, mtl_error *err)
         used = s->max_pairs;
     }
 
-    int parallel = used * dim >= METRIC_PARALLEL_MIN;
-#pragma omp parallel for if (parallel) schedule(static)
+#pragma omp parallel for if (used * dim >= METRIC_PARALLEL_MIN) schedule(static)
     for (int64_t t = 0; t < used; t++) {
         int i = (int)(s->pairs[t] / n), j = (int)(s->pairs[t] % n);
         double d2 = squared_distance(x + (int64_t)i * dim, x + (int64_t)j * dim, dim);
