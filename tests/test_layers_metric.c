@@ -101,7 +101,10 @@ static void test_gradients(void)
 {
     static const gradcheck_case cases[] = {
         /* ContrastiveLoss: values in [-1, 1) over 3 dims put pairs on both sides of margin 1 */
-        {.layer = "type: 'ContrastiveLoss'", .n_bottoms = 3, .shapes = {{6, 3}, {6, 3}, {6}}, .label_classes = {0, 0, 2}},
+        {.layer = "type: 'ContrastiveLoss'",
+         .n_bottoms = 3,
+         .shapes = {{6, 3}, {6, 3}, {6}},
+         .label_classes = {0, 0, 2}},
         {.layer = "type: 'ContrastiveLoss' contrastive_loss_param { margin: 2 }",
          .n_bottoms = 3,
          .shapes = {{5, 2, 1, 1}, {5, 2, 1, 1}, {5, 1, 1, 1}},
@@ -343,7 +346,7 @@ static void test_contrastive(void)
                       "the two features of a pair must have the same shape: bottom 0 is 3x2, bottom 1 is 3x3");
     mtl_tensor *b4 = tensor_of((int[]){4, 2, 0}, NULL);
     mtl_tensor *bad_n[3] = {a, b4, y};
-    check_build_fails("type: 'ContrastiveLoss'", bad_n, 3, 1, MTL_ERR_SHAPE, "same first dimension");
+    check_build_fails("type: 'ContrastiveLoss'", bad_n, 3, 1, MTL_ERR_SHAPE, "bottom 0 is 3x2, bottom 1 is 4x2");
     mtl_tensor *all[] = {a, b, y, y2, b3, b4};
     free_all(all, 6);
 }
@@ -487,7 +490,8 @@ static void test_triplet_mined(void)
     CHECK_NEAR(frac, 0.0, 0);
 
     /* errors */
-    check_build_fails("type: 'TripletLoss'", bs, 2, 1, MTL_ERR_CONFIG, "two bottoms (embeddings, labels) need a mining");
+    check_build_fails("type: 'TripletLoss'", bs, 2, 1, MTL_ERR_CONFIG,
+                      "two bottoms (embeddings, labels) need a mining");
     check_build_fails("type: 'TripletLoss' triplet_loss_param { mining: HARDEST }", bs, 2, 1, MTL_ERR_CONFIG,
                       "BATCH_HARD");
     check_build_fails("type: 'TripletLoss' triplet_loss_param { mining: ALL } loss_param { normalization: VALID }", bs,
@@ -614,6 +618,36 @@ static void test_l2_normalize(void)
             CHECK_NEAR(x->data[i], want[i], 1e-6);
     }
     gradcheck_free_layer(l);
+    /* a blob big enough for threads: each row matches the plain formulas forward and backward */
+    mtl_tensor *big = tensor_of((int[]){64, 600, 0}, NULL), *big_y = mtl_tensor_create("y");
+    gradcheck_fill(big, -2, 2, 17);
+    CHECK_OK(gradcheck_build("type: 'L2Normalize'", MTL_PHASE_TRAIN, &big, 1, &big_y, 1, &l, &err), &err);
+    if (l) {
+        CHECK_OK(run_forward(l, &err), &err);
+        gradcheck_fill(big_y, -1, 1, 18);
+        memcpy(big_y->grad, big_y->data, 64 * 600 * sizeof(float));
+        CHECK_OK(run_forward(l, &err), &err);
+        l->ops->backward(l);
+        int bad = 0;
+        for (int n = 0; n < 64; n++) {
+            const float *xr = big->data + n * 600, *yr = big_y->data + n * 600, *dy = big_y->grad + n * 600;
+            double ss = 1e-10, dot = 0;
+            for (int c = 0; c < 600; c++)
+                ss += (double)xr[c] * xr[c];
+            double norm = sqrt(ss);
+            for (int c = 0; c < 600; c++)
+                dot += xr[c] / norm * dy[c];
+            for (int c = 0; c < 600; c++) {
+                bad += fabs(yr[c] - xr[c] / norm) > 1e-6;
+                bad += fabs(big->grad[n * 600 + c] - (dy[c] - xr[c] / norm * dot) / norm) > 1e-6;
+            }
+        }
+        CHECK_INT(bad, 0);
+    }
+    gradcheck_free_layer(l);
+    mtl_tensor_free(big);
+    mtl_tensor_free(big_y);
+
     check_build_fails("type: 'L2Normalize' l2_normalize_param { eps: 0 }", &x, 1, 1, MTL_ERR_CONFIG,
                       "eps must be a finite value > 0");
     check_build_fails("type: 'L2Normalize' l2_normalize_param { across_spatial: false }", &x, 1, 1, MTL_ERR_CONFIG,

@@ -108,12 +108,18 @@ mtl_status mtl_layer_begin(mtl_cfg_node *cfg, const mtl_layer_ops *ops, const ch
         if (ops->min_bottoms == ops->max_bottoms)
             return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "takes %d bottom blob(s), %d given", ops->min_bottoms,
                                   n_bottoms);
-        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "takes %d to %s bottom blobs, %d given", ops->min_bottoms,
-                              ops->max_bottoms < 0 ? "any number of" : "", n_bottoms);
+        if (ops->max_bottoms < 0)
+            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "takes at least %d bottom blob(s), %d given",
+                                  ops->min_bottoms, n_bottoms);
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "takes %d to %d bottom blobs, %d given", ops->min_bottoms,
+                              ops->max_bottoms, n_bottoms);
     }
     if (n_tops < ops->min_tops || (ops->max_tops >= 0 && n_tops > ops->max_tops)) {
         if (ops->min_tops == ops->max_tops)
             return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "produces %d top blob(s), %d given", ops->min_tops,
+                                  n_tops);
+        if (ops->max_tops < 0)
+            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "produces at least %d top blob(s), %d given", ops->min_tops,
                                   n_tops);
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "produces %d to %d top blobs, %d given", ops->min_tops,
                               ops->max_tops, n_tops);

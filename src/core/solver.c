@@ -1299,7 +1299,9 @@ mtl_status mtl_solver_solve(mtl_solver *s, mtl_error *err)
             json_emit(s, &b);
         }
     }
-    if (s->cfg.test_interval && s->iter % s->cfg.test_interval == 0) {
+    /* unlike Caffe, always test the final weights (max_iter need not be a multiple of
+     * test_interval, for example with `mtl train --max-iter`) */
+    if (s->cfg.test_interval && s->n_test_nets > 0) {
         mtl_status st = mtl_solver_test(s, err);
         if (st == MTL_ERR_INTERRUPTED)
             return interrupted(s, err);

@@ -216,6 +216,10 @@ static mtl_status conv_reshape(mtl_layer *l, mtl_error *err)
                               "(%dx%d plus pad %dx%d)",
                               s->kernel[0], s->kernel[1], s->dilation[0], s->dilation[1], height + 2 * s->pad[0],
                               width + 2 * s->pad[1], height, width, s->pad[0], s->pad[1]);
+    const int64_t k = (int64_t)(s->channels / s->group) * s->kernel[0] * s->kernel[1];
+    if ((int64_t)out_h * out_w > INT_MAX || k > INT_MAX)
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "output %dx%d or kernel volume %lld is too large for a GEMM",
+                              out_h, out_w, (long long)k);
     s->geom = (mtl_conv_geom){.channels = s->channels / s->group,
                               .height = height,
                               .width = width,
@@ -239,7 +243,7 @@ static mtl_status conv_reshape(mtl_layer *l, mtl_error *err)
         threads = n > 0 ? n : 1;
     s->threads = threads;
     s->m = s->num_output / s->group;
-    s->k = s->geom.channels * s->kernel[0] * s->kernel[1];
+    s->k = (int)k;
     s->p = out_h * out_w;
     s->ones_row = s->bias_term && !s->direct;
     s->dw_transposed = choose_dw_form(s->m, s->k);

@@ -188,7 +188,8 @@ static mtl_status contrastive_reshape(mtl_layer *l, mtl_error *err)
 {
     contrastive_priv *s = l->priv;
     const mtl_tensor *a = l->bottoms[0], *b = l->bottoms[1];
-    MTL_TRY(mtl_loss_check_batch(l, err));
+    if (a->ndim < 1)
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "bottom 0 is a scalar; losses need a batch axis");
     if (!mtl_tensor_same_shape(a, b)) {
         char as[128], bs[128];
         return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "the two features of a pair must have the same shape: bottom 0 is "
@@ -296,10 +297,18 @@ const mtl_layer_ops mtl_layer_contrastive_loss = {
  *     triplet_semihard_loss falls back to the farthest negative instead. The mean over pairs.
  * Samples whose label is NaN (missing) or ignore_label take part in no triplet. Gradients are
  * subgradients through the selection, which the forward fixes; a EUCLIDEAN distance of 0 has
- * gradient 0. An optional second top gives the fraction of active triplets among those counted
+ * gradient 0. ALL's divisor and SEMI_HARD's choice change in steps, so those losses jump where a
+ * triplet turns active or a negative crosses d(a, p) or d(a, p) + margin (the gradient holds both
+ * fixed). An optional second top gives the fraction of active triplets among those counted
  * (mined: valid triplets, anchors or anchor-positive pairs). */
 
-typedef enum triplet_mining { MINING_NONE, MINING_ALL, MINING_BATCH_HARD, MINING_SEMI_HARD, MINING_COUNT } triplet_mining;
+typedef enum triplet_mining {
+    MINING_NONE,
+    MINING_ALL,
+    MINING_BATCH_HARD,
+    MINING_SEMI_HARD,
+    MINING_COUNT
+} triplet_mining;
 static const char *const mining_names[] = {"NONE", "ALL", "BATCH_HARD", "SEMI_HARD"};
 _Static_assert(sizeof(mining_names) / sizeof(mining_names[0]) == MINING_COUNT, "mining names");
 typedef enum triplet_distance { DISTANCE_SQUARED, DISTANCE_EUCLIDEAN, DISTANCE_COUNT } triplet_distance;

@@ -2,6 +2,7 @@
  * global pooling, padding, and Caffe's CEIL/FLOOR output sizes including its clip of a last
  * window that would start in the padding. Planes (N x C of them) are split over threads. */
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -9,6 +10,9 @@
 
 /* below this many input values a parallel loop is not worth waking the thread team */
 #define POOL_PARALLEL_MIN 16384
+/* planes a thread takes at a time: results do not depend on who pools which plane, so threads
+ * take work as they come free */
+#define POOL_PLANES_PER_TASK 32
 
 enum { POOL_MAX, POOL_AVE, POOL_STOCHASTIC };
 static const char *const pool_methods[] = {"MAX", "AVE", "STOCHASTIC"};
@@ -107,6 +111,8 @@ static mtl_status pool_reshape(mtl_layer *l, mtl_error *err)
         return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "bottom has shape %s: 4 axes (N, C, H, W) wanted",
                               mtl_tensor_shape_str(x, have, sizeof(have)));
     int height = x->shape[2], width = x->shape[3];
+    if ((int64_t)height * width > INT32_MAX) /* the argmax mask holds in-plane indices */
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE, "planes of %dx%d values are too large", height, width);
     if (s->global) {
         s->kernel[0] = height;
         s->kernel[1] = width;
@@ -156,7 +162,7 @@ static mtl_status pool_forward(mtl_layer *l, mtl_error *err)
     float *top_mask = l->n_tops > 1 ? l->tops[1]->data : NULL;
     int32_t *mask = s->mask;
     const int method = s->method;
-MTL_OMP("omp parallel for schedule(static) if (planes * in_plane >= POOL_PARALLEL_MIN)")
+MTL_OMP("omp parallel for schedule(dynamic, POOL_PLANES_PER_TASK) if (planes * in_plane >= POOL_PARALLEL_MIN)")
     for (int64_t i = 0; i < planes; i++) {
         if (method == POOL_MAX)
             mtl_cpu_maxpool_forward(g, x + i * in_plane, y + i * out_plane, mask + i * out_plane,
@@ -179,7 +185,7 @@ static void pool_backward(mtl_layer *l)
     float *dx = l->bottoms[0]->grad;    /* (N, C, H, W) */
     const int32_t *mask = s->mask;
     const int method = s->method;
-MTL_OMP("omp parallel for schedule(static) if (planes * in_plane >= POOL_PARALLEL_MIN)")
+MTL_OMP("omp parallel for schedule(dynamic, POOL_PLANES_PER_TASK) if (planes * in_plane >= POOL_PARALLEL_MIN)")
     for (int64_t i = 0; i < planes; i++) {
         if (method == POOL_MAX)
             mtl_cpu_maxpool_backward(g, dy + i * out_plane, mask + i * out_plane, dx + i * in_plane);
