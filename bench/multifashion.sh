@@ -159,7 +159,7 @@ print(f"\nMultiFashion test accuracy (%) on the 10000 test images, final iterati
       f"{'/'.join(str(i) for i in sorted(iters_seen))}; seeds {' '.join(map(str, seeds))}"
       + (" (mean ± sample std)" if n > 1 else "") + f"; {threads} threads each side")
 head = ("recipe", "task", "mtl", "PyTorch", "mtl ms/it", "torch ms/it", "mtl wall s", "torch wall s")
-w = (20, 6, 15, 15, 11, 11, 11, 12)
+w = (20, 6, 16, 16, 12, 14, 12, 13)
 print("".join(h.ljust(x) if k < 2 else h.rjust(x) for k, (h, x) in enumerate(zip(head, w))))
 for r in rows:
     print("".join(c.ljust(x) if k < 2 else c.rjust(x) for k, (c, x) in enumerate(zip(r, w))))

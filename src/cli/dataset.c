@@ -1,5 +1,6 @@
 /* mtl dataset: builds the example data sets (MultiFashion, FashionDet, FashionPose, FashionVerify)
  * from Fashion-MNIST with the library's builders, showing progress and a summary. */
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,10 +87,11 @@ static void print_summary(mtl_dataset_kind kind, const char *out, uint64_t seed,
     for (int k = 0; k < 2; k++) {
         switch (kind) {
         case MTL_DATASET_FASHIONDET:
-            printf("  %-5s %lld images, %lld boxes (%.2f per image), %lld items dropped after %d placements; %s/%s.json\n",
+            printf("  %-5s %lld images, %lld boxes (%.2f per image), %lld items dropped; "
+                   "%s/%s.json\n",
                    splits[k], (long long)s->images[k], (long long)s->objects[k],
-                   s->images[k] ? (double)s->objects[k] / (double)s->images[k] : 0.0, (long long)s->dropped[k], 50,
-                   out, splits[k]);
+                   s->images[k] ? (double)s->objects[k] / (double)s->images[k] : 0.0, (long long)s->dropped[k], out,
+                   splits[k]);
             break;
         default:
             printf("  %-5s %lld images; %s/%s.txt\n", splits[k], (long long)s->images[k], out, splits[k]);
@@ -109,8 +111,9 @@ static int parse_seed(const char *text, uint64_t *seed)
     char *end;
     if (*text < '0' || *text > '9')
         return cli_usage_error(&cli_dataset, "--seed needs a non-negative integer, not '%s'", text);
+    errno = 0;
     unsigned long long v = strtoull(text, &end, 10);
-    if (*end != '\0')
+    if (*end != '\0' || errno == ERANGE)
         return cli_usage_error(&cli_dataset, "--seed needs a non-negative integer, not '%s'", text);
     *seed = v;
     return 0;
@@ -173,4 +176,5 @@ static int run_dataset(int argc, char **argv)
     return CLI_OK;
 }
 
-const cli_command cli_dataset = {"dataset", "build the example data sets from Fashion-MNIST", dataset_usage, run_dataset};
+const cli_command cli_dataset = {"dataset", "build the example data sets from Fashion-MNIST", dataset_usage,
+                                 run_dataset};

@@ -14,6 +14,8 @@ static const cli_command *const commands[] = {
     &cli_dataset,
     &cli_predict,
     &cli_plot,
+    &cli_embed,
+    &cli_verify,
 };
 
 static void print_help(FILE *out)

@@ -169,17 +169,42 @@ static mtl_status add_value(plot *p, int panel, const char *name, const char *su
     return MTL_OK;
 }
 
-/* Numbers anywhere inside an object other than "outputs", named by their path ("weights.loss_left"). */
-static mtl_status add_object(plot *p, int panel, const char *prefix, const char *suffix, int dashed, double x,
+/* Numbers anywhere inside obj, named by their path below it ("a.b"). The colour follows the last
+ * name, so a per-task diagnostic ("loss_left") takes the colour of its task's loss. */
+static mtl_status add_leaves(plot *p, int panel, const char *prefix, const char *suffix, int dashed, double x,
                              const cJSON *obj, mtl_error *err)
 {
     for (const cJSON *m = obj->child; m; m = m->next) {
+        const char *leaf = m->string ? m->string : "?";
         char name[512];
-        snprintf(name, sizeof(name), "%s%s%s", prefix, *prefix ? "." : "", m->string ? m->string : "?");
+        snprintf(name, sizeof(name), "%s%s%s", prefix, *prefix ? "." : "", leaf);
         if (cJSON_IsObject(m))
-            MTL_TRY(add_object(p, panel, name, suffix, dashed, x, m, err));
+            MTL_TRY(add_leaves(p, panel, name, suffix, dashed, x, m, err));
         else
-            MTL_TRY(add_value(p, panel, name, suffix, name, dashed, x, m, err));
+            MTL_TRY(add_value(p, panel, name, suffix, leaf, dashed, x, m, err));
+    }
+    return MTL_OK;
+}
+
+/* A top-level object other than "outputs" (task-balancing diagnostics and the like): each object in
+ * it gets a panel of its own ("balance: weights"), as its numbers share a scale; numbers directly in
+ * it share one panel ("balance"). */
+static mtl_status add_extra(plot *p, const cJSON *obj, const char *suffix, int dashed, double x, mtl_error *err)
+{
+    for (const cJSON *m = obj->child; m; m = m->next) {
+        const char *leaf = m->string ? m->string : "?";
+        char title[512];
+        if (cJSON_IsObject(m))
+            snprintf(title, sizeof(title), "%s: %s", obj->string, leaf);
+        else
+            snprintf(title, sizeof(title), "%s", obj->string);
+        int panel = panel_id(p, title, err);
+        if (panel < 0)
+            return err->status;
+        if (cJSON_IsObject(m))
+            MTL_TRY(add_leaves(p, panel, "", suffix, dashed, x, m, err));
+        else
+            MTL_TRY(add_value(p, panel, leaf, suffix, leaf, dashed, x, m, err));
     }
     return MTL_OK;
 }
@@ -210,12 +235,8 @@ static mtl_status add_record(plot *p, const cJSON *line, int test, double iter, 
             MTL_TRY(add_value(p, PANEL_TEST, name, test ? suffix : " (train)", name, !test, iter, value, err));
     }
     for (const cJSON *m = line->child; m; m = m->next) {
-        if (!cJSON_IsObject(m) || !m->string || strcmp(m->string, "outputs") == 0)
-            continue;
-        int panel = panel_id(p, m->string, err);
-        if (panel < 0)
-            return err->status;
-        MTL_TRY(add_object(p, panel, "", test ? loss_suffix : "", test, iter, m, err));
+        if (cJSON_IsObject(m) && m->string && strcmp(m->string, "outputs") != 0)
+            MTL_TRY(add_extra(p, m, test ? loss_suffix : "", test, iter, err));
     }
     return MTL_OK;
 }
@@ -334,7 +355,7 @@ static void format_tick(char *buf, size_t size, double v, double step)
 static void axis_range(double lo, double hi, double *out_lo, double *out_hi, double *step)
 {
     if (!(hi > lo)) {
-        double pad = fabs(lo) > 1 ? fabs(lo) * 0.1 : 1.0;
+        double pad = lo != 0 ? fabs(lo) * 0.1 : 1.0;
         lo -= pad;
         hi += pad;
     }
@@ -407,9 +428,9 @@ static void draw_panel(FILE *f, const plot *p, int panel, double y0, double x_lo
 
     int row = 0;
     double legend_step = n_series > 0 && n_series * 18 > PLOT_H + 30 ? (PLOT_H + 30.0) / n_series : 18;
-    for (int i = 0; i < p->n; i++) {
-        const series *s = &p->s[i];
-        if (s->panel != panel)
+    for (int k = 0; k < 2 * p->n; k++) { /* solid curves first, then dashed ones */
+        const series *s = &p->s[k % p->n];
+        if (s->panel != panel || s->dashed != (k >= p->n))
             continue;
         const char *colour = colour_of(p, s->colour_key);
         const char *dash = s->dashed ? " stroke-dasharray=\"6 3\"" : "";

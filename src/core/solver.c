@@ -14,6 +14,8 @@
 #include "core/snapshot.h"
 
 #define LOG_LINE_MAX 4096
+/* the snapshot entry (among the layer states) holding the task balancer's state */
+#define BALANCE_STATE_NAME "#task_balance"
 
 /* ================================================================== small helpers */
 
@@ -759,6 +761,15 @@ static mtl_status check_snapshot_prefix(mtl_cfg_node *root, const raw_fields *r,
     return st;
 }
 
+/* task_balance { method ... }: mtl's own message (Caffe has none), checked as it is read */
+static mtl_status read_balance(mtl_cfg_node *root, mtl_solver_config *c, mtl_error *err)
+{
+    mtl_cfg_node *msg;
+    MTL_TRY(mtl_cfg_message(root, "task_balance", &msg, err));
+    c->has_balance = msg != NULL;
+    return mtl_balance_read_config(msg, &c->balance, err);
+}
+
 static mtl_status parse_solver(parse_ctx *ctx, mtl_solver_config *c, const char *stem,
                                const mtl_solver_options *opts, mtl_error *err)
 {
@@ -767,6 +778,7 @@ static mtl_status parse_solver(parse_ctx *ctx, mtl_solver_config *c, const char 
     MTL_TRY(read_schedule(root, &ctx->raw, c, opts, err));
     MTL_TRY(read_update_fields(root, &ctx->raw, c, err));
     MTL_TRY(read_lr_fields(root, &ctx->raw, c, err));
+    MTL_TRY(read_balance(root, c, err));
     MTL_TRY(mtl_cfg_check_unused(root, err));
     MTL_TRY(check_nets(root, c->dir, ctx, c, err));
     MTL_TRY(check_update(root, &ctx->raw, c, err));
@@ -952,6 +964,14 @@ static mtl_status solver_init(mtl_solver *s, parse_ctx *ctx, mtl_error *err)
         say(s, "Initialized weights from %s: %d copied, %d missing, %d shape mismatches, %d unused", ctx->weights[i],
             m.copied, m.missing, m.mismatched, m.unused);
     }
+    /* a balancer for task_balance, and for the diagnostics of any multi-task net */
+    if (s->cfg.has_balance || net->n_tasks >= 2) {
+        if (mtl_balancer_create(&s->cfg.balance, s->train_net, s->cfg.seed, s->cfg.display, &s->balancer, err) !=
+            MTL_OK)
+            return mtl_error_prefix(err, "%s: task_balance: ", s->cfg.path);
+        if (!s->balancer->nt && s->cfg.balance.diagnostics && net->n_tasks >= 2)
+            say(s, "Note: no task gradient diagnostics for this net: %s", s->balancer->nt_error);
+    }
     s->last_snapshot_iter = -1;
     s->timer_start = now_seconds();
     return MTL_OK;
@@ -1027,6 +1047,7 @@ void mtl_solver_free(mtl_solver *s)
     }
     free(s->test_nets);
     free(s->test_out);
+    mtl_balancer_free(s->balancer);
     mtl_net_free(s->train_net);
     outputs_free(&s->train_out);
     free(s->iter_values);
@@ -1124,6 +1145,84 @@ double mtl_solver_test_value(const mtl_solver *s, int test_net, const char *blob
 
 /* ================================================================== training */
 
+/* One "name = value" list per diagnostic (weights, trunk gradient norms, cosines of task pairs). */
+static void balance_say(const mtl_solver *s)
+{
+    const mtl_balancer *bal = s->balancer;
+    const mtl_balance_report *r = &bal->report;
+    const mtl_net *net = s->train_net;
+    int T = bal->n_tasks;
+    sbuf b = {0};
+    sb_printf(&b, "    Task weights (%s):", mtl_balance_method_name(bal->cfg.method));
+    for (int t = 0; t < T; t++)
+        sb_printf(&b, "%s %s = %g", t ? "," : "", net->tasks[t].name, r->weights[t]);
+    if (!b.failed)
+        say(s, "%s", b.p);
+    if (r->valid) {
+        b.len = 0;
+        sb_printf(&b, "    Task gradient norms on the shared trunk:");
+        for (int t = 0; t < T; t++)
+            sb_printf(&b, "%s %s = %g", t ? "," : "", net->tasks[t].name, r->grad_norm[t]);
+        if (!b.failed)
+            say(s, "%s", b.p);
+        b.len = 0;
+        sb_printf(&b, "    Task gradient cosines:");
+        for (int i = 0, k = 0; i < T; i++)
+            for (int j = i + 1; j < T; j++, k++)
+                sb_printf(&b, "%s %s|%s = %g", k ? "," : "", net->tasks[i].name, net->tasks[j].name, r->cosine[k]);
+        if (!b.failed)
+            say(s, "%s", b.p);
+    }
+    free(b.p);
+}
+
+/* ,"balance":{"weights":{task:w,...},"grad_norm":{...},"cosine":{"a|b":c,...},"log_var":{...}} */
+static void balance_json(sbuf *b, const mtl_balancer *bal)
+{
+    const mtl_balance_report *r = &bal->report;
+    const mtl_net *net = bal->net;
+    int T = bal->n_tasks;
+    sb_printf(b, ",\"balance\":{\"weights\":{");
+    for (int t = 0; t < T; t++) {
+        sb_printf(b, "%s", t ? "," : "");
+        sb_string(b, net->tasks[t].name);
+        sb_printf(b, ":");
+        sb_number(b, r->weights[t]);
+    }
+    sb_printf(b, "}");
+    if (r->valid) {
+        sb_printf(b, ",\"grad_norm\":{");
+        for (int t = 0; t < T; t++) {
+            sb_printf(b, "%s", t ? "," : "");
+            sb_string(b, net->tasks[t].name);
+            sb_printf(b, ":");
+            sb_number(b, r->grad_norm[t]);
+        }
+        sb_printf(b, "},\"cosine\":{");
+        for (int i = 0, k = 0; i < T; i++)
+            for (int j = i + 1; j < T; j++, k++) {
+                char pair[1024];
+                snprintf(pair, sizeof(pair), "%s|%s", net->tasks[i].name, net->tasks[j].name);
+                sb_printf(b, "%s", k ? "," : "");
+                sb_string(b, pair);
+                sb_printf(b, ":");
+                sb_number(b, r->cosine[k]);
+            }
+        sb_printf(b, "}");
+    }
+    if (bal->cfg.method == MTL_BALANCE_UNCERTAINTY) {
+        sb_printf(b, ",\"log_var\":{");
+        for (int t = 0; t < T; t++) {
+            sb_printf(b, "%s", t ? "," : "");
+            sb_string(b, net->tasks[t].name);
+            sb_printf(b, ":");
+            sb_number(b, r->log_var[t]);
+        }
+        sb_printf(b, "}");
+    }
+    sb_printf(b, "}");
+}
+
 static void display_train(mtl_solver *s, double lr)
 {
     double now = now_seconds();
@@ -1134,6 +1233,8 @@ static void display_train(mtl_solver *s, double lr)
     const mtl_net *net = s->train_net;
     say(s, "Iteration %lld (%.1f iter/s), loss = %g", (long long)s->iter, per_s, s->train_out.loss);
     outputs_say(s, net, &s->train_out, "Train");
+    if (s->balancer)
+        balance_say(s);
     say(s, "Iteration %lld, lr = %g", (long long)s->iter, lr);
     if (s->opts.json) {
         sbuf b = {0};
@@ -1145,6 +1246,8 @@ static void display_train(mtl_solver *s, double lr)
         sb_number(&b, s->loss);
         sb_printf(&b, ",");
         outputs_json(&b, net, &s->train_out);
+        if (s->balancer)
+            balance_json(&b, s->balancer);
         sb_printf(&b, ",\"iter_per_s\":");
         sb_number(&b, per_s);
         sb_printf(&b, "}");
@@ -1194,6 +1297,8 @@ static mtl_status train_iteration(mtl_solver *s, mtl_error *err)
     const int64_t iter_size = s->cfg.iter_size;
     const int display = s->cfg.display && s->iter % s->cfg.display == 0;
     mtl_net_zero_param_grad(net);
+    if (s->balancer)
+        mtl_balancer_begin_iteration(s->balancer, display);
     double loss = 0;
     for (int k = 0; k < s->train_out.n; k++)
         s->iter_values[k] = 0;
@@ -1210,7 +1315,12 @@ static mtl_status train_iteration(mtl_solver *s, mtl_error *err)
         }
         loss += pass_loss;
         outputs_accumulate(net, &s->train_out, s->iter_values);
-        mtl_net_backward(net);
+        if (s->balancer) {
+            if ((st = mtl_balancer_backward(s->balancer, err)) != MTL_OK)
+                return mtl_error_prefix(err, "iteration %lld: task balancing: ", (long long)s->iter);
+        } else {
+            mtl_net_backward(net);
+        }
     }
     s->loss = loss / (double)iter_size;
     for (int k = 0; k < s->train_out.n; k++)
@@ -1221,6 +1331,8 @@ static mtl_status train_iteration(mtl_solver *s, mtl_error *err)
     const double lr = mtl_lr_at(&s->cfg.lr, s->iter);
     const float rate = (float)lr; /* Caffe's GetLearningRate returns Dtype */
     s->lr = lr;
+    if (s->balancer)
+        mtl_balancer_end_iteration(s->balancer, rate);
     if (display)
         display_train(s, lr);
     apply_update(s, rate, display);
@@ -1268,6 +1380,8 @@ mtl_status mtl_solver_solve(mtl_solver *s, mtl_error *err)
         return mtl_fail(err, MTL_ERR_ARGUMENT, "mtl_solver_solve: solver is NULL");
     say(s, "Solving %s", s->train_net->name && s->train_net->name[0] ? s->train_net->name : "(unnamed net)");
     say(s, "Learning Rate Policy: %s", mtl_lr_policy_name(s->cfg.lr.kind));
+    if (s->cfg.has_balance)
+        say(s, "Task balancing: %s", mtl_balance_method_name(s->cfg.balance.method));
     if (s->iter < s->cfg.max_iter)
         MTL_TRY(mtl_solver_step(s, s->cfg.max_iter - s->iter, err));
     if (s->cfg.snapshot_after_train && (!s->cfg.snapshot || s->iter % s->cfg.snapshot != 0) &&
@@ -1341,8 +1455,9 @@ static mtl_status fill_snapshot(const mtl_solver *s, mtl_snapshot *snap, mtl_err
     st->rngs[0] = net->rng;
     for (int i = 0; i < s->n_test_nets; i++)
         st->rngs[1 + i] = s->test_nets[i]->rng;
-    /* layers with state beyond parameters (data read positions) */
-    int n_states = 0;
+    /* layers with state beyond parameters (data read positions), and the task balancer's state
+     * under a name no prototxt layer is likely to take */
+    int n_states = s->balancer != NULL;
     for (int i = 0; i < net->n_layers; i++)
         n_states += net->layers[i]->ops->state_size != NULL;
     if (n_states) {
@@ -1360,6 +1475,15 @@ static mtl_status fill_snapshot(const mtl_solver *s, mtl_snapshot *snap, mtl_err
             if (!(ls->name = mtl_strdup(l->name)) || !bytes)
                 return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
             l->ops->state_save(l, bytes);
+        }
+        if (s->balancer) {
+            mtl_snapshot_layer_state *ls = &st->layer_states[st->n_layer_states++];
+            ls->size = mtl_balancer_state_size(s->balancer);
+            uint8_t *bytes = malloc((size_t)ls->size);
+            ls->bytes = bytes;
+            if (!(ls->name = mtl_strdup(BALANCE_STATE_NAME)) || !bytes)
+                return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+            mtl_balancer_state_save(s->balancer, bytes);
         }
     }
     st->window_size = s->window_size;
@@ -1446,6 +1570,20 @@ static mtl_status restore_state(mtl_solver *s, const mtl_snapshot *snap, mtl_err
                             "exactly; start afresh from its weights (--weights)",
                             path, l->name);
         MTL_TRY(l->ops->state_load(l, found->bytes, (size_t)found->size, err));
+    }
+    if (s->balancer) {
+        const mtl_snapshot_layer_state *found = NULL;
+        for (int k = 0; k < st->n_layer_states; k++)
+            if (strcmp(st->layer_states[k].name, BALANCE_STATE_NAME) == 0)
+                found = &st->layer_states[k];
+        /* FIXED keeps nothing that matters, so only the other methods mention a missing state */
+        int stateful = s->balancer->cfg.method != MTL_BALANCE_FIXED;
+        mtl_error note = {0};
+        if (!found && stateful)
+            say(s, "Note: the snapshot has no task balancing state; balancing starts afresh");
+        else if (found && mtl_balancer_state_load(s->balancer, found->bytes, (size_t)found->size, &note) != MTL_OK &&
+                 stateful)
+            say(s, "Note: %s; balancing starts afresh", note.message);
     }
     if (st->n_rngs >= 1)
         net->rng = st->rngs[0];

@@ -2,7 +2,12 @@
  * trains: forward/backward (accumulated over iter_size), gradient clipping, regularization and the
  * update rule from core/update.h, with Caffe's display, test and snapshot schedule. Progress goes
  * to a human-readable log and, optionally, to a JSON-lines log. The library never installs signal
- * handlers: the caller's handler sets *stop_flag and the solver snapshots and stops. */
+ * handlers: the caller's handler sets *stop_flag and the solver snapshots and stops.
+ *
+ * Task balancing (balance/balance.h): the optional `task_balance { method: ... }` message picks how
+ * the tasks' losses and gradients combine; with two or more tasks the display also reports each
+ * task's effective weight, its gradient norm on the shared trunk and the pairwise cosines of the
+ * task gradients (docs/task-balancing.md). */
 #ifndef MTL_CORE_SOLVER_H
 #define MTL_CORE_SOLVER_H
 
@@ -10,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "balance/balance.h"
 #include "core/net.h"
 #include "core/update.h"
 
@@ -54,6 +60,8 @@ typedef struct mtl_solver_config {
     char *snapshot_prefix;      /* resolved */
     int snapshot_after_train, snapshot_diff, debug_info;
     uint64_t seed;              /* random_seed, or MTL_SOLVER_DEFAULT_SEED */
+    int has_balance;            /* a task_balance message was given */
+    mtl_balance_config balance; /* its fields (defaults: FIXED with diagnostics) */
 } mtl_solver_config;
 
 /* What a net reports: every value of every output blob (blobs no layer reads) and of every loss
@@ -92,6 +100,7 @@ typedef struct mtl_solver {
     int64_t timer_iter;
     int64_t last_snapshot_iter; /* -1: none */
     char *last_snapshot_path;
+    mtl_balancer *balancer;     /* with task_balance or two or more tasks; NULL otherwise */
 } mtl_solver;
 
 /* Reads a solver prototxt and builds its nets. Paths in it (net, train_net, test_net,

@@ -176,7 +176,8 @@ mtl_status mtl_fashion_load(const char *dir, const char *split, mtl_fashion_set 
     if (st == MTL_OK)
         st = mtl_idx_read_labels(labels_path, &n_labels, &out->labels, err);
     if (st == MTL_ERR_NOT_FOUND && strcmp(dir, MTL_FASHION_DEFAULT_DIR) == 0)
-        mtl_error_prefix(err, "Fashion-MNIST is missing (install Debian's dataset-fashion-mnist or pass --source DIR): ");
+        mtl_error_prefix(err,
+                         "Fashion-MNIST is missing (install Debian's dataset-fashion-mnist or pass --source DIR): ");
     if (st == MTL_OK && (out->rows != MTL_FASHION_SIZE || out->cols != MTL_FASHION_SIZE))
         st = mtl_fail(err, MTL_ERR_CORRUPT, "'%s' holds %dx%d images; Fashion-MNIST items are %dx%d", images_path,
                       out->rows, out->cols, MTL_FASHION_SIZE, MTL_FASHION_SIZE);

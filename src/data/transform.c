@@ -1,10 +1,13 @@
 /* transform_param: reading it (with Caffe's deprecated data_param spellings), checking it against
- * the first sample, and applying crop, mirror, mean and scale from 8-bit pixels into floats. Also
- * the reader for Caffe's mean.binaryproto, a BlobProto parsed straight from the protobuf wire
- * format (its handful of fields do not justify a protobuf dependency). */
+ * the first sample, and applying crop, mirror, mean and scale from 8-bit pixels into floats, with
+ * mtl's rotation, zoom and landmark labels moved along. Also the reader for Caffe's
+ * mean.binaryproto, a BlobProto parsed straight from the protobuf wire format (its handful of
+ * fields do not justify a protobuf dependency). */
 #include "data/transform.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +42,97 @@ static mtl_status legacy_clash(mtl_cfg_node *tp, mtl_cfg_node *legacy, const cha
 static mtl_cfg_node *holder(mtl_cfg_node *tp, mtl_cfg_node *legacy, const char *name)
 {
     return mtl_cfg_count(legacy, name) > 0 ? legacy : tp;
+}
+
+int mtl_landmarks_parse_pairs(const char *text, int count, int *flip, char *why, size_t size)
+{
+    for (int i = 0; i < count; i++)
+        flip[i] = i;
+    int pending = -1, n = 0;
+    for (const char *c = text;;) {
+        while (*c == ',' || isspace((unsigned char)*c))
+            c++;
+        if (!*c)
+            break;
+        if (!isdigit((unsigned char)*c)) {
+            snprintf(why, size, "'%c' is not part of a point index", *c);
+            return 0;
+        }
+        long v = 0;
+        while (isdigit((unsigned char)*c) && v <= count)
+            v = 10 * v + (*c++ - '0');
+        if (isdigit((unsigned char)*c) || v >= count) {
+            snprintf(why, size, "point %ld%s is not below the %d points", v, isdigit((unsigned char)*c) ? "..." : "",
+                     count);
+            return 0;
+        }
+        if (flip[v] != (int)v || (int)v == pending) {
+            snprintf(why, size, "point %ld is in two pairs", v);
+            return 0;
+        }
+        if (pending < 0) {
+            pending = (int)v;
+        } else {
+            flip[pending] = (int)v;
+            flip[v] = pending;
+            pending = -1;
+        }
+        n++;
+    }
+    if (pending >= 0) {
+        snprintf(why, size, "%d indices do not make pairs (point %d has no partner)", n, pending);
+        return 0;
+    }
+    return 1;
+}
+
+/* mtl's geometric fields: max_rotation, zoom_min, zoom_max and the landmarks message. */
+static mtl_status read_geometry(mtl_cfg_node *tp, mtl_transform *t, mtl_error *err)
+{
+    double max_rotation, zoom_min, zoom_max;
+    MTL_TRY(mtl_cfg_float(tp, "max_rotation", 0.0, &max_rotation, err));
+    MTL_TRY(mtl_cfg_float(tp, "zoom_min", 1.0, &zoom_min, err));
+    MTL_TRY(mtl_cfg_float(tp, "zoom_max", 1.0, &zoom_max, err));
+    if (!(max_rotation >= 0 && max_rotation <= 180))
+        return mtl_cfg_fail(mtl_cfg_field(tp, "max_rotation", 0), err, MTL_ERR_CONFIG,
+                            "max_rotation is in degrees and must lie in [0, 180] (it is %g)", max_rotation);
+    if (!(zoom_min >= 0.01 && zoom_min <= zoom_max && zoom_max <= 100))
+        return mtl_cfg_fail(mtl_cfg_field(tp, mtl_cfg_count(tp, "zoom_min") ? "zoom_min" : "zoom_max", 0), err,
+                            MTL_ERR_CONFIG,
+                            "zoom_min and zoom_max need 0.01 <= zoom_min <= zoom_max <= 100 (they are %g and %g)",
+                            zoom_min, zoom_max);
+    t->max_rotation = (float)max_rotation;
+    t->zoom_min = (float)zoom_min;
+    t->zoom_max = (float)zoom_max;
+    if (t->mean_file && (max_rotation > 0 || zoom_min != 1 || zoom_max != 1))
+        return mtl_cfg_fail(mtl_cfg_field(tp, max_rotation > 0 ? "max_rotation" : "zoom_min", 0), err,
+                            MTL_ERR_UNSUPPORTED, "rotation and zoom cannot be combined with a mean_file (the mean "
+                            "image would have to be warped too); give mean_value instead");
+
+    mtl_cfg_node *lm;
+    MTL_TRY(mtl_cfg_message(tp, "landmarks", &lm, err));
+    if (!lm)
+        return MTL_OK;
+    int64_t first, count;
+    const char *pairs;
+    MTL_TRY(mtl_cfg_int_range(lm, "first_label", 0, 0, 1 << 20, &first, err));
+    MTL_TRY(mtl_cfg_int_range(lm, "count", 0, 0, 1 << 16, &count, err));
+    MTL_TRY(mtl_cfg_string(lm, "mirror_pairs", "", &pairs, err));
+    MTL_TRY(mtl_cfg_bool(lm, "normalize", 0, &t->landmarks.normalize, err));
+    if (count == 0)
+        return mtl_cfg_fail(lm, err, MTL_ERR_CONFIG,
+                            "landmarks needs count: the number of (x, y) points in the labels from first_label on");
+    if (!(t->landmarks.flip = mtl_calloc_or_fail((size_t)count, sizeof(int), err, "landmark flip map")))
+        return MTL_ERR_NOMEM;
+    char why[160];
+    if (!mtl_landmarks_parse_pairs(pairs, (int)count, t->landmarks.flip, why, sizeof(why)))
+        return mtl_cfg_fail(mtl_cfg_field(lm, "mirror_pairs", 0), err, MTL_ERR_CONFIG,
+                            "mirror_pairs \"%s\": %s; give pairs of point indices swapped by a mirror, such as "
+                            "\"0,1,2,3\" for 0<->1 and 2<->3",
+                            pairs, why);
+    t->landmarks.count = (int)count;
+    t->landmarks.first_label = (int)first;
+    return MTL_OK;
 }
 
 mtl_status mtl_transform_read(mtl_cfg_node *tp, mtl_cfg_node *legacy, mtl_phase phase, mtl_transform *t,
@@ -82,7 +176,7 @@ mtl_status mtl_transform_read(mtl_cfg_node *tp, mtl_cfg_node *legacy, mtl_phase 
     }
     if (mean_file && mean_file[0] && !(t->mean_file = mtl_strdup(mean_file)))
         return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    return MTL_OK;
+    return read_geometry(tp, t, err);
 }
 
 /* ---- checks against the samples ------------------------------------------------------------- */
@@ -142,10 +236,62 @@ mtl_status mtl_transform_check(const mtl_transform *t, int channels, int height,
     return MTL_OK;
 }
 
+mtl_status mtl_transform_check_labels(const mtl_transform *t, int n_labels, mtl_error *err)
+{
+    const mtl_landmarks *lm = &t->landmarks;
+    if (lm->count && (int64_t)lm->first_label + 2 * (int64_t)lm->count > n_labels)
+        return mtl_fail(err, MTL_ERR_CONFIG,
+                        "transform_param.landmarks: %d points from label column %d need %lld label columns, but "
+                        "the samples have %d labels",
+                        lm->count, lm->first_label, (long long)lm->first_label + 2 * (long long)lm->count, n_labels);
+    return MTL_OK;
+}
+
 /* ---- applying ------------------------------------------------------------------------------- */
 
 /* Uniform in [0, n) from 24 random bits. */
 static int below(uint64_t bits24, int n) { return (int)((bits24 * (uint64_t)n) >> 24); }
+
+/* Uniform in [0, 1) from 24 random bits. */
+static double unit24(uint64_t bits24) { return (double)(bits24 & 0xffffff) / 16777216.0; }
+
+/* More bits from the caller's, for the rotation and zoom (splitmix64's finaliser). */
+static uint64_t remix(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int warp_is_plain(mtl_warp w) { return w.rotation == 0.0f && w.zoom == 1.0f; }
+
+/* The map of mtl_warp's comment: q = centre_out + zoom R (p - centre_in), before the flip. Angles
+ * that are multiples of 90 degrees get exact cosines and sines, so such turns move pixels and
+ * points exactly. */
+typedef struct geometry {
+    double cs, sn, zoom;
+    double cx, cy;   /* the crop window's centre in the source */
+    double ox, oy;   /* the output's centre */
+} geometry;
+
+static geometry geometry_of(const mtl_transform *t, mtl_crop c, mtl_warp w)
+{
+    geometry g;
+    double a = (double)w.rotation * 3.14159265358979323846 / 180.0;
+    g.cs = cos(a);
+    g.sn = sin(a);
+    if (fabs(g.cs) < 1e-12)
+        g.cs = 0.0;
+    if (fabs(g.sn) < 1e-12)
+        g.sn = 0.0;
+    g.zoom = w.zoom > 0.0f ? (double)w.zoom : 1.0;
+    g.ox = t->out_width / 2.0;
+    g.oy = t->out_height / 2.0;
+    g.cx = c.w_off + g.ox;
+    g.cy = c.h_off + g.oy;
+    return g;
+}
 
 mtl_crop mtl_transform_choose(const mtl_transform *t, int height, int width, uint64_t bits)
 {
@@ -162,6 +308,70 @@ mtl_crop mtl_transform_choose(const mtl_transform *t, int height, int width, uin
     /* bits 40..63 and 16..39 place the crop; the flip takes bit 0 */
     c.mirror = t->mirror && t->phase == MTL_PHASE_TRAIN && (bits & 1);
     return c;
+}
+
+mtl_warp mtl_transform_choose_warp(const mtl_transform *t, uint64_t bits)
+{
+    mtl_warp w = {.rotation = 0.0f, .zoom = 1.0f};
+    if (t->phase != MTL_PHASE_TRAIN)
+        return w;
+    /* a remix of the bits, so that these draws do not repeat the crop's and the flip's */
+    uint64_t more = remix(bits);
+    if (t->max_rotation > 0)
+        w.rotation = (float)((2.0 * unit24(more >> 40) - 1.0) * t->max_rotation);
+    if (t->zoom_max > t->zoom_min)
+        w.zoom = (float)(t->zoom_min + unit24(more >> 16) * (t->zoom_max - t->zoom_min));
+    else if (t->zoom_min > 0)
+        w.zoom = t->zoom_min;
+    return w;
+}
+
+/* One source value of channel sc at (y, x), 0 outside the image, grey-converted when asked. */
+static inline float source_value(const mtl_pixels *src, int sc, int to_grey, int y, int x)
+{
+    if (y < 0 || y >= src->height || x < 0 || x >= src->width)
+        return 0.0f;
+    const uint8_t *px = src->data + sc * src->channel_stride + (ptrdiff_t)y * src->row_stride +
+                        (ptrdiff_t)x * src->pixel_stride;
+    const ptrdiff_t cs = src->channel_stride;
+    return to_grey ? (float)((px[0] * 77 + px[cs] * 150 + px[2 * cs] * 29) >> 8) : (float)px[0];
+}
+
+/* The inverse of mtl_warp's map takes each output pixel centre back into the source. */
+void mtl_transform_apply_warped(const mtl_transform *t, const mtl_pixels *src, mtl_crop crop, mtl_warp warp,
+                                float *dst)
+{
+    if (warp_is_plain(warp)) {
+        mtl_transform_apply(t, src, crop, dst);
+        return;
+    }
+    const int oc = t->out_channels, oh = t->out_height, ow = t->out_width;
+    const int to_grey = src->channels == 3 && oc == 1;
+    const geometry g = geometry_of(t, crop, warp);
+    for (int c = 0; c < oc; c++) {
+        const int sc = src->channels == 1 || to_grey ? 0 : c;
+        const float mv = t->n_mean_values == 0 ? 0.0f : t->mean_values[t->n_mean_values == 1 ? 0 : c];
+        for (int h = 0; h < oh; h++) {
+            float *d = dst + ((size_t)c * oh + (size_t)h) * (size_t)ow;
+            const double vy = h + 0.5 - g.oy;
+            for (int w = 0; w < ow; w++) {
+                double qx = w + 0.5;
+                if (crop.mirror)
+                    qx = ow - qx;
+                const double vx = qx - g.ox;
+                /* pixel (i, j) has its centre at (j + .5, i + .5) */
+                const double fx = g.cx + (g.cs * vx + g.sn * vy) / g.zoom - 0.5;
+                const double fy = g.cy + (-g.sn * vx + g.cs * vy) / g.zoom - 0.5;
+                const double x0 = floor(fx), y0 = floor(fy), wx = fx - x0, wy = fy - y0;
+                const int ix = (int)x0, iy = (int)y0; /* zoom >= 0.01 keeps them within int */
+                const double top = (1 - wx) * source_value(src, sc, to_grey, iy, ix) +
+                                   wx * source_value(src, sc, to_grey, iy, ix + 1);
+                const double bottom = (1 - wx) * source_value(src, sc, to_grey, iy + 1, ix) +
+                                      wx * source_value(src, sc, to_grey, iy + 1, ix + 1);
+                d[w] = ((float)((1 - wy) * top + wy * bottom) - mv) * t->scale;
+            }
+        }
+    }
 }
 
 void mtl_transform_apply(const mtl_transform *t, const mtl_pixels *src, mtl_crop crop, float *dst)
@@ -190,10 +400,63 @@ void mtl_transform_apply(const mtl_transform *t, const mtl_pixels *src, mtl_crop
     }
 }
 
+void mtl_transform_points(const mtl_transform *t, mtl_crop crop, mtl_warp warp, float *labels)
+{
+    const mtl_landmarks *lm = &t->landmarks;
+    if (!lm->count)
+        return;
+    float *xy = labels + lm->first_label;
+    const geometry g = geometry_of(t, crop, warp);
+    const int ow = t->out_width, oh = t->out_height;
+    for (int i = 0; i < lm->count; i++) {
+        double x = xy[2 * i], y = xy[2 * i + 1];
+        if (isnan(x) || isnan(y)) {
+            xy[2 * i] = xy[2 * i + 1] = NAN;
+            continue;
+        }
+        double ux = x - g.cx, uy = y - g.cy;
+        double qx = g.ox + g.zoom * (g.cs * ux - g.sn * uy);
+        double qy = g.oy + g.zoom * (g.sn * ux + g.cs * uy);
+        if (crop.mirror)
+            qx = ow - qx;
+        if (lm->normalize) {
+            qx = 2.0 * qx / ow - 1.0;
+            qy = 2.0 * qy / oh - 1.0;
+        }
+        xy[2 * i] = (float)qx;
+        xy[2 * i + 1] = (float)qy;
+    }
+    /* a mirror turns the left point into the right one: the flip map is a set of swaps */
+    if (crop.mirror && lm->flip)
+        for (int i = 0; i < lm->count; i++) {
+            int j = lm->flip[i];
+            if (j > i) {
+                float ax = xy[2 * i], ay = xy[2 * i + 1];
+                xy[2 * i] = xy[2 * j];
+                xy[2 * i + 1] = xy[2 * j + 1];
+                xy[2 * j] = ax;
+                xy[2 * j + 1] = ay;
+            }
+        }
+}
+
+void mtl_transform_points_resize(const mtl_transform *t, float sx, float sy, float *labels)
+{
+    const mtl_landmarks *lm = &t->landmarks;
+    float *xy = labels + lm->first_label;
+    for (int i = 0; i < lm->count; i++) {
+        xy[2 * i] *= sx;
+        xy[2 * i + 1] *= sy;
+    }
+}
+
 void mtl_transform_free(mtl_transform *t)
 {
     if (!t)
         return;
+    free(t->landmarks.flip);
+    t->landmarks.flip = NULL;
+    t->landmarks.count = 0;
     free(t->mean_values);
     free(t->mean_file);
     free(t->mean);

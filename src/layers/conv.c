@@ -175,11 +175,15 @@ static mtl_status reserve(const mtl_layer *l, float **buf, int64_t *capacity, in
 #define CONV_PARTIAL_BUDGET (4 << 20) /* floats of per-chunk weight-gradient sums */
 
 /* The weight gradient of one image and group is dy (m x p) times col^T (p x k), an inner-product
- * shaped GEMM. OpenBLAS's small-matrix kernels do not take that shape once m * k exceeds 1200
- * (its sgemm_small_kernel_permit for this CPU family), and the packed path is a third slower at
- * MultiLeNet's sizes; computing dw^T = col * (dy^T) instead is a plain product they do take. The
- * transpose of dy costs p * m moves, worth it when k (the GEMM's depth per dy value) is large. */
-static int choose_dw_form(int m, int64_t k) { return (int64_t)m * k > 1200 && k >= 64; }
+ * shaped GEMM. OpenBLAS's small-matrix kernels (used up to m * k * p = 100^3) do not take that
+ * shape once m * k exceeds 1200 (sgemm_small_kernel_permit for this CPU family), and the packed
+ * path is a third slower at MultiLeNet's sizes; dw^T = col * (dy^T) is a plain product they do
+ * take. The transpose of dy costs p * m moves, worth it when k (the GEMM's depth per dy value)
+ * is large. Larger products take the packed path either way. */
+static int choose_dw_form(int m, int64_t k, int p)
+{
+    return (int64_t)m * k > 1200 && k >= 64 && (double)m * (double)k * p <= 1e6;
+}
 
 /* Output extent along one axis, or -1 when the dilated kernel does not fit the padded input. */
 static int out_size(int in, int kernel, int pad, int stride, int dilation)
@@ -246,7 +250,7 @@ static mtl_status conv_reshape(mtl_layer *l, mtl_error *err)
     s->k = (int)k;
     s->p = out_h * out_w;
     s->ones_row = s->bias_term && !s->direct;
-    s->dw_transposed = choose_dw_form(s->m, s->k);
+    s->dw_transposed = choose_dw_form(s->m, s->k, s->p);
     const int64_t kp = s->k + s->bias_term;
     s->col_count = (s->direct ? 0 : (s->k + s->ones_row) * (int64_t)s->p) +
                    (s->dw_transposed ? (int64_t)s->p * s->m : 0);

@@ -3,7 +3,9 @@
  * one loader: a background thread prefetches batches, and every random choice (an epoch's order,
  * crop offsets, flips) is a hash of (seed, epoch or sample position), never a generator carried
  * from batch to batch. A layer's whole state is then the number of batches it has served: a
- * snapshot stores it, and a resumed run reads exactly the batches the interrupted one would have. */
+ * snapshot stores it, and a resumed run reads exactly the batches the interrupted one would have.
+ * Landmark labels (transform_param.landmarks) move with the image through resize, crop, rotation,
+ * zoom and mirror (data/transform.h). */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -178,9 +180,15 @@ static mtl_status loader_fill(void *ctx, int64_t batch, float *const *arrays, mt
     return MTL_OK;
 }
 
+/* The geometry one sample got, for its landmark labels. */
+typedef struct sample_geometry {
+    mtl_crop crop;
+    mtl_warp warp;
+} sample_geometry;
+
 /* Checks one sample's size against the batch and writes it transformed. */
 static mtl_status put_sample(loader *ld, const mtl_pixels *px, uint64_t bits, float *data, const char *what,
-                             mtl_error *err)
+                             sample_geometry *geometry, mtl_error *err)
 {
     mtl_status st = mtl_transform_check(&ld->tf, px->channels, px->height, px->width, err);
     if (st != MTL_OK) {
@@ -188,7 +196,9 @@ static mtl_status put_sample(loader *ld, const mtl_pixels *px, uint64_t bits, fl
         snprintf(msg, sizeof(msg), "%s", err->message);
         return mtl_fail(err, st, "%s: %s", what, msg);
     }
-    mtl_transform_apply(&ld->tf, px, mtl_transform_choose(&ld->tf, px->height, px->width, bits), data);
+    geometry->crop = mtl_transform_choose(&ld->tf, px->height, px->width, bits);
+    geometry->warp = mtl_transform_choose_warp(&ld->tf, bits);
+    mtl_transform_apply_warped(&ld->tf, px, geometry->crop, geometry->warp, data);
     return MTL_OK;
 }
 
@@ -366,6 +376,7 @@ static mtl_status data_sample(loader *ld, int64_t index, uint64_t bits, float *d
     char what[512];
     snprintf(what, sizeof(what), "record %lld of '%s'", (long long)rec, ld->source);
     mtl_record r;
+    sample_geometry geometry = {.warp = {.zoom = 1.0f}};
     MTL_TRY(mtl_db_get(ld->db, rec, &r, err));
     if (r.n_labels != ld->n_labels)
         return mtl_fail(err, MTL_ERR_CORRUPT, "%s has %d labels, the database's metadata says %d", what, r.n_labels,
@@ -374,7 +385,7 @@ static mtl_status data_sample(loader *ld, int64_t index, uint64_t bits, float *d
         mtl_image img = {0};
         MTL_TRY(mtl_image_decode(r.data, r.n_bytes, ld->decode_channels, what, &img, err));
         mtl_pixels px = mtl_pixels_hwc(img.pixels, img.channels, img.height, img.width);
-        mtl_status st = put_sample(ld, &px, bits, data, what, err);
+        mtl_status st = put_sample(ld, &px, bits, data, what, &geometry, err);
         mtl_image_free(&img);
         MTL_TRY(st);
     } else {
@@ -384,11 +395,13 @@ static mtl_status data_sample(loader *ld, int64_t index, uint64_t bits, float *d
                             r.channels, r.height, r.width);
         /* straight from the memory map into the batch */
         mtl_pixels px = mtl_pixels_chw(r.data, r.channels, r.height, r.width);
-        MTL_TRY(put_sample(ld, &px, bits, data, what, err));
+        MTL_TRY(put_sample(ld, &px, bits, data, what, &geometry, err));
     }
-    if (labels)
+    if (labels) {
         for (int k = 0; k < ld->n_labels; k++)
             labels[k] = mtl_record_label(&r, k);
+        mtl_transform_points(&ld->tf, geometry.crop, geometry.warp, labels);
+    }
     return MTL_OK;
 }
 
@@ -470,6 +483,8 @@ static mtl_status data_setup(mtl_layer *l, mtl_error *err)
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "top '%s' wants labels, but the records of '%s' have none%s",
                               l->tops[1]->name ? l->tops[1]->name : "1", ld->source,
                               meta->has_boxes ? " (box lists are not a top of the Data layer yet)" : "");
+    if (ld->label_top && (st = mtl_transform_check_labels(&ld->tf, ld->n_labels, err)) != MTL_OK)
+        return layer_wrap(l, err, st, NULL);
 
     /* the first record of this shard fixes the batch's shape, as in Caffe */
     mtl_record first;
@@ -507,8 +522,12 @@ static mtl_status image_sample(loader *ld, int64_t index, uint64_t bits, float *
     char what[512];
     snprintf(what, sizeof(what), "image list '%s' line %d", ld->list, ld->lines[index]);
     mtl_image img = {0};
+    sample_geometry geometry = {.warp = {.zoom = 1.0f}};
+    float sx = 1.0f, sy = 1.0f; /* the resize's factors, for landmark labels */
     mtl_status st = mtl_image_load(ld->paths[index], ld->image_channels, &img, err);
     if (st == MTL_OK && ld->new_height > 0) {
+        sx = (float)ld->new_width / (float)img.width;
+        sy = (float)ld->new_height / (float)img.height;
         mtl_image resized = {0};
         st = mtl_image_resize(&img, ld->new_width, ld->new_height, &resized, err);
         mtl_image_free(&img);
@@ -518,7 +537,7 @@ static mtl_status image_sample(loader *ld, int64_t index, uint64_t bits, float *
         mtl_pixels px = mtl_pixels_hwc(img.pixels, img.channels, img.height, img.width);
         char where[1024];
         snprintf(where, sizeof(where), "%s ('%s')", what, ld->paths[index]);
-        st = put_sample(ld, &px, bits, data, where, err);
+        st = put_sample(ld, &px, bits, data, where, &geometry, err);
     } else {
         char msg[MTL_ERROR_MAX];
         snprintf(msg, sizeof(msg), "%s", err->message);
@@ -526,8 +545,12 @@ static mtl_status image_sample(loader *ld, int64_t index, uint64_t bits, float *
     }
     mtl_image_free(&img);
     MTL_TRY(st);
-    if (labels)
+    if (labels) {
         memcpy(labels, ld->labels + (size_t)index * (size_t)ld->n_labels, (size_t)ld->n_labels * sizeof(float));
+        if (sx != 1.0f || sy != 1.0f)
+            mtl_transform_points_resize(&ld->tf, sx, sy, labels);
+        mtl_transform_points(&ld->tf, geometry.crop, geometry.warp, labels);
+    }
     return MTL_OK;
 }
 
@@ -688,6 +711,8 @@ static mtl_status image_data_setup(mtl_layer *l, mtl_error *err)
     if (ld->label_top && ld->n_labels == 0)
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "top '%s' wants labels, but image list '%s' has none",
                               l->tops[1]->name ? l->tops[1]->name : "1", ld->list);
+    if (ld->label_top && mtl_transform_check_labels(&ld->tf, ld->n_labels, err) != MTL_OK)
+        return layer_wrap(l, err, MTL_ERR_CONFIG, NULL);
 
     /* the first image fixes the batch's shape, as in Caffe */
     int height = ld->new_height, width = ld->new_width;

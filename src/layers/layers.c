@@ -37,6 +37,7 @@ const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT] = {
     [MTL_LAYER_TRIPLET_LOSS] = &mtl_layer_triplet_loss,
     [MTL_LAYER_PAIR_LOSS] = &mtl_layer_pair_loss,
     [MTL_LAYER_L2_NORMALIZE] = &mtl_layer_l2_normalize,
+    [MTL_LAYER_NME] = &mtl_layer_nme,
 };
 
 static const char *layer_type_names[MTL_LAYER_TYPE_COUNT];

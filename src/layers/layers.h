@@ -39,6 +39,7 @@ typedef enum mtl_layer_type {
     MTL_LAYER_TRIPLET_LOSS,
     MTL_LAYER_PAIR_LOSS,
     MTL_LAYER_L2_NORMALIZE,
+    MTL_LAYER_NME,
     MTL_LAYER_TYPE_COUNT
 } mtl_layer_type;
 
@@ -75,6 +76,7 @@ extern const mtl_layer_ops mtl_layer_contrastive_loss;
 extern const mtl_layer_ops mtl_layer_triplet_loss;
 extern const mtl_layer_ops mtl_layer_pair_loss;
 extern const mtl_layer_ops mtl_layer_l2_normalize;
+extern const mtl_layer_ops mtl_layer_nme;
 
 extern const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT];
 

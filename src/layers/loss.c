@@ -1,6 +1,7 @@
-/* SigmoidCrossEntropyLoss (independent binary targets per value) and EuclideanLoss (regression),
- * plus the loss_param reader every loss shares. Targets that are mtl's missing-label marker (NaN)
- * add nothing to either loss or its gradient. */
+/* SigmoidCrossEntropyLoss (independent binary targets per value) and EuclideanLoss (regression,
+ * with mtl's per-coordinate weights for landmark vectors), plus the loss_param reader every loss
+ * shares. Targets that are mtl's missing-label marker (NaN) add nothing to either loss or its
+ * gradient. */
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -138,15 +139,50 @@ const mtl_layer_ops mtl_layer_sigmoid_cross_entropy_loss = {
 
 /* ---- EuclideanLoss -------------------------------------------------------------------------- */
 
+/* loss = sum_i w_i (a_i - b_i)^2 / (2 Z). Caffe's layer has w = 1 and Z = N (the first axis). mtl
+ * adds, for landmark vectors (docs/landmarks.md):
+ *   euclidean_loss_param { coord_weight: w0 coord_weight: w1 ... }  weights by position within a
+ *       sample, repeated: value i of a sample takes coord_weight[i % n], n dividing the values per
+ *       sample (two weights: one for every x, one for every y);
+ *   a third bottom of a's shape: per-value weights (visibility, per-sample weights), multiplied in;
+ *   euclidean_loss_param { normalize_present: true }  Z = (target values present) / (values per
+ *       sample), which is N when nothing is missing: samples with missing landmarks then do not
+ *       dilute the loss of the others (by default a missing target only drops its own term).
+ * Missing targets (NaN) add nothing. loss_param is refused: Caffe's EuclideanLoss ignores it. */
 typedef struct euclidean_priv {
-    float *diff; /* a - b, 0 where the target is missing */
+    float *wdiff;        /* w (a - b), 0 where the target is missing */
+    float *diff;         /* a - b, 0 where the target is missing (for the weights' gradient) */
     int64_t cap;
+    int n_coord_weights; /* 0: none */
+    float *coord_weights;
+    int normalize_present;
+    double normalizer;   /* Z of the last forward */
 } euclidean_priv;
 
 static mtl_status euclidean_setup(mtl_layer *l, mtl_error *err)
 {
-    l->priv = mtl_calloc_or_fail(1, sizeof(euclidean_priv), err, "EuclideanLoss state");
-    return l->priv ? MTL_OK : MTL_ERR_NOMEM;
+    euclidean_priv *e = mtl_calloc_or_fail(1, sizeof(euclidean_priv), err, "EuclideanLoss state");
+    if (!e)
+        return MTL_ERR_NOMEM;
+    l->priv = e;
+    mtl_cfg_node *p;
+    MTL_TRY(mtl_layer_param_message(l, "euclidean_loss_param", &p, err));
+    MTL_TRY(mtl_cfg_bool(p, "normalize_present", 0, &e->normalize_present, err));
+    int n = mtl_cfg_count(p, "coord_weight");
+    if (n > 0) {
+        if (!(e->coord_weights = mtl_calloc_or_fail((size_t)n, sizeof(float), err, "coordinate weights")))
+            return MTL_ERR_NOMEM;
+        for (int i = 0; i < n; i++) {
+            double w;
+            MTL_TRY(mtl_cfg_float_at(p, "coord_weight", i, &w, err));
+            if (!(w >= 0 && isfinite(w)))
+                return mtl_cfg_fail(mtl_cfg_field(p, "coord_weight", i), err, MTL_ERR_CONFIG,
+                                    "coord_weight %d is %g; weights must be finite and >= 0", i, w);
+            e->coord_weights[i] = (float)w;
+        }
+        e->n_coord_weights = n;
+    }
+    return MTL_OK;
 }
 
 static mtl_status euclidean_reshape(mtl_layer *l, mtl_error *err)
@@ -160,55 +196,102 @@ static mtl_status euclidean_reshape(mtl_layer *l, mtl_error *err)
                               "bottoms must have the same dimension: bottom 0 is %s, bottom 1 is %s",
                               mtl_tensor_shape_str(a, as, sizeof(as)), mtl_tensor_shape_str(b, bs, sizeof(bs)));
     }
+    if (l->n_bottoms > 2 && l->bottoms[2]->count != a->count) {
+        char as[128], ws[128];
+        return mtl_layer_fail(l, err, MTL_ERR_SHAPE,
+                              "the weights (bottom 2, %s) need one value per prediction (bottom 0, %s)",
+                              mtl_tensor_shape_str(l->bottoms[2], ws, sizeof(ws)),
+                              mtl_tensor_shape_str(a, as, sizeof(as)));
+    }
+    int64_t per = a->shape[0] > 0 ? a->count / a->shape[0] : 0;
+    if (e->n_coord_weights && per % e->n_coord_weights != 0)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
+                              "%d coord_weight values do not divide the %lld values per sample: give one per value, "
+                              "or a pattern that repeats (2: x and y)",
+                              e->n_coord_weights, (long long)per);
     if (a->count > e->cap) {
+        free(e->wdiff);
         free(e->diff);
+        e->diff = NULL;
         e->cap = 0;
-        if (!(e->diff = malloc((size_t)a->count * sizeof(float))))
+        e->wdiff = malloc((size_t)a->count * sizeof(float));
+        e->diff = malloc((size_t)a->count * sizeof(float));
+        if (!e->wdiff || !e->diff)
             return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for %lld differences", (long long)a->count);
         e->cap = a->count;
     }
     return mtl_tensor_reshape(l->tops[0], 0, NULL, err);
 }
 
-/* loss = sum (a - b)^2 / (2 N), N the first axis (Caffe's num). */
 static mtl_status euclidean_forward(mtl_layer *l, mtl_error *err)
 {
-    (void)err;
     euclidean_priv *e = l->priv;
     const float *a = l->bottoms[0]->data, *b = l->bottoms[1]->data;
-    int64_t count = l->bottoms[0]->count;
+    const float *w = l->n_bottoms > 2 ? l->bottoms[2]->data : NULL;
+    int64_t count = l->bottoms[0]->count, present = 0;
+    int n = l->bottoms[0]->shape[0];
+    int64_t per = n > 0 ? count / n : 1;
     double sum = 0.0;
     for (int64_t i = 0; i < count; i++) {
-        float d = mtl_label_is_missing(b[i]) ? 0.0f : a[i] - b[i];
+        float weight = e->n_coord_weights ? e->coord_weights[(i % per) % e->n_coord_weights] : 1.0f;
+        if (w) {
+            if (!(w[i] >= 0 && isfinite(w[i])))
+                return mtl_layer_fail(l, err, MTL_ERR_ARGUMENT,
+                                      "weight %g (bottom 2, sample %lld, value %lld) is negative or not finite",
+                                      (double)w[i], (long long)(i / per), (long long)(i % per));
+            weight *= w[i];
+        }
+        float d = 0.0f;
+        if (!mtl_label_is_missing(b[i])) {
+            d = a[i] - b[i];
+            present++;
+        }
         e->diff[i] = d;
-        sum += (double)d * d;
+        e->wdiff[i] = weight * d;
+        sum += (double)d * e->wdiff[i];
     }
-    int n = l->bottoms[0]->shape[0];
-    l->tops[0]->data[0] = (float)(n > 0 ? sum / n / 2.0 : 0.0);
+    double z = n;
+    if (e->normalize_present)
+        z = (double)present / (double)per;
+    e->normalizer = z > 0 ? z : 1.0;
+    l->tops[0]->data[0] = (float)(sum / e->normalizer / 2.0);
     return MTL_OK;
 }
 
-/* d/da = weight (a - b) / N, d/db = -weight (a - b) / N. */
+/* d/da = weight w (a - b) / Z, d/db = -weight w (a - b) / Z, d/dw = weight c (a - b)^2 / (2 Z) with
+ * c the coordinate weight. */
 static void euclidean_backward(mtl_layer *l)
 {
     euclidean_priv *e = l->priv;
     int64_t count = l->bottoms[0]->count;
     int n = l->bottoms[0]->shape[0];
+    int64_t per = n > 0 ? count / n : 1;
+    const float scale = (float)(l->tops[0]->grad[0] / e->normalizer);
     for (int i = 0; i < 2; i++) {
         if (!l->propagate_down[i])
             continue;
-        float alpha = n > 0 ? (i == 0 ? 1.0f : -1.0f) * l->tops[0]->grad[0] / (float)n : 0.0f;
+        float alpha = i == 0 ? scale : -scale;
         float *dx = l->bottoms[i]->grad;
         for (int64_t k = 0; k < count; k++)
-            dx[k] = alpha * e->diff[k];
+            dx[k] = alpha * e->wdiff[k];
+    }
+    if (l->n_bottoms > 2 && l->propagate_down[2]) {
+        float *dw = l->bottoms[2]->grad;
+        for (int64_t k = 0; k < count; k++) {
+            float c = e->n_coord_weights ? e->coord_weights[(k % per) % e->n_coord_weights] : 1.0f;
+            dw[k] = 0.5f * scale * c * e->diff[k] * e->diff[k];
+        }
     }
 }
 
 static void euclidean_release(mtl_layer *l)
 {
     euclidean_priv *e = l->priv;
-    if (e)
+    if (e) {
+        free(e->wdiff);
         free(e->diff);
+        free(e->coord_weights);
+    }
     free(e);
     l->priv = NULL;
 }
@@ -216,7 +299,7 @@ static void euclidean_release(mtl_layer *l)
 const mtl_layer_ops mtl_layer_euclidean_loss = {
     .type = "EuclideanLoss",
     .min_bottoms = 2,
-    .max_bottoms = 2,
+    .max_bottoms = 3,
     .min_tops = 1,
     .max_tops = 1,
     .setup = euclidean_setup,

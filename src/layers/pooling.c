@@ -1,6 +1,6 @@
 /* Pooling with Caffe's semantics: MAX (optionally with the argmax as a second top) and AVE,
  * global pooling, padding, and Caffe's CEIL/FLOOR output sizes including its clip of a last
- * window that would start in the padding. Planes (N x C of them) are split over threads. */
+ * window that would start in the padding. Threads take the N x C planes a few at a time. */
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
