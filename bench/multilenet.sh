@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Times one MultiLeNet training iteration (batch 256: zero gradients, forward, backward, SGD step)
-# in mtl and in PyTorch, at 1 and 2 threads, in the same run, and prints a table of medians with
-# the ratio mtl / torch (below 1: mtl is faster). Run by `make bench`; see bench/README.md.
+# in mtl and in PyTorch, at 1 and 2 threads, in the same run, and prints a table of medians (and
+# best iterations) with the ratio mtl / torch (below 1: mtl is faster). Run by `make bench`; see
+# bench/README.md.
 #
 # Environment: BUILD (build folder with libmtl.a, default build), REPEATS (runs per configuration,
 # default 5), ITERS (timed iterations per run, default 30), THREADS (default "1 2"), LAYERS=1 to
@@ -62,23 +63,31 @@ for ((r = 1; r <= repeats; r++)); do
   echo "  run $r of $repeats done" >&2
 done
 
-# results lines: side threads name median_ms min_ms. Table: median over runs of each run's median.
+# results lines: side threads name median_ms min_ms. Table: the median over runs of each run's
+# median, and the best single iteration seen (what the machine does when nothing else runs).
 awk -v threads="$threads_list" '
 function median(list,    n, a, i, j, x) {
   n = split(list, a, " ")
   for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-{ key = $1 SUBSEP $2 SUBSEP $3; runs[key] = runs[key] " " $4; if (!($3 in seen)) { seen[$3] = 1; names[++n] = $3 } }
+{
+  key = $1 SUBSEP $2 SUBSEP $3
+  runs[key] = runs[key] " " $4
+  if (!(key in best) || $5 < best[key]) best[key] = $5
+  if (!($3 in seen)) { seen[$3] = 1; names[++n] = $3 }
+}
+function cell(key) { return (key in runs) ? sprintf("%.3f", median(runs[key])) : "-" }
+function ratio(a, b) { return (a in runs) && (b in runs) ? sprintf("%.2f", median(runs[a]) / median(runs[b])) : "-" }
 END {
   nt = split(threads, ts, " ")
-  printf "%-18s %7s %12s %12s %14s\n", "measurement", "threads", "mtl ms", "torch ms", "mtl / torch"
+  printf "%-18s %7s %10s %10s %8s %10s %10s %8s\n", "measurement", "threads", "mtl ms", "torch ms", "ratio",
+    "mtl best", "torch best", "ratio"
   for (i = 1; i <= n; i++) for (k = 1; k <= nt; k++) {
-    m = (("mtl" SUBSEP ts[k] SUBSEP names[i]) in runs) ? median(runs["mtl" SUBSEP ts[k] SUBSEP names[i]]) : ""
-    p = (("torch" SUBSEP ts[k] SUBSEP names[i]) in runs) ? median(runs["torch" SUBSEP ts[k] SUBSEP names[i]]) : ""
-    if (m == "" && p == "") continue
-    ratio = (m != "" && p != "" && p > 0) ? sprintf("%.2f", m / p) : "-"
-    printf "%-18s %7s %12s %12s %14s\n", names[i], ts[k], m == "" ? "-" : sprintf("%.3f", m),
-      p == "" ? "-" : sprintf("%.3f", p), ratio
+    m = "mtl" SUBSEP ts[k] SUBSEP names[i]; p = "torch" SUBSEP ts[k] SUBSEP names[i]
+    if (!(m in runs) && !(p in runs)) continue
+    best_ratio = (m in best) && (p in best) && (best[p] > 0) ? sprintf("%.2f", best[m] / best[p]) : "-"
+    printf("%-18s %7s %10s %10s %8s %10s %10s %8s\n", names[i], ts[k], cell(m), cell(p), ratio(m, p),
+      (m in best) ? sprintf("%.3f", best[m]) : "-", (p in best) ? sprintf("%.3f", best[p]) : "-", best_ratio)
   }
 }' "$results"

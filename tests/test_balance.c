@@ -624,6 +624,42 @@ static void test_pcgrad_net(float weight_b)
     mtl_net_free(net);
 }
 
+/* A task whose multiplier is 0 (stopped by task-wise early stopping) drops out of every method. */
+static void test_multipliers(void)
+{
+    const char *configs[] = {"", "task_balance { method: PCGRAD }", "task_balance { method: MGDA_UB }",
+                             "task_balance { method: GRADNORM }", "task_balance { method: UNCERTAINTY }"};
+    for (int k = 0; k < 5; k++) {
+        mtl_net *net = build_net(net_two);
+        mtl_balancer *b = net ? make_balancer(net, configs[k]) : NULL;
+        if (!b || !(fill_inputs(net, 8, -1), forward(net))) {
+            mtl_balancer_free(b);
+            mtl_net_free(net);
+            continue;
+        }
+        const float stop_b[2] = {1.0f, 0.0f};
+        mtl_balancer_set_multipliers(b, stop_b);
+        run_iteration(b, 0.1, 1);
+        float *got = all_grads(net);
+        float w[2] = {b->cfg.method == MTL_BALANCE_MGDA_UB ? 1.0f : 0.7f, 0.0f};
+        CHECK_NEAR(b->report.weights[0], w[0], 1e-7);
+        CHECK_NEAR(b->report.weights[1], 0.0, 0);
+        CHECK_NEAR(b->log_var[1], 0.0, 0);
+        CHECK_NEAR(b->gn_weight[1] + b->gn_weight[0], 2.0, 1e-12);
+        mtl_net_zero_param_grad(net);
+        mtl_net_backward_weighted(net, w);
+        float *want = all_grads(net);
+        int bad = 0;
+        for (int64_t i = 0; i < n_values(net); i++)
+            bad += !near_rel(got[i], want[i], 1e-5);
+        CHECK_MSG(bad == 0, "'%s' with task b stopped: %d gradient values differ", configs[k], bad);
+        free(got);
+        free(want);
+        mtl_balancer_free(b);
+        mtl_net_free(net);
+    }
+}
+
 /* GradNorm, uncertainty and DWA: the weights after one or two iterations, by hand from the losses
  * and gradients the net reports. */
 static void test_weighting_nets(void)
@@ -1008,6 +1044,7 @@ int main(void)
     test_pcgrad_net(0.3f);
     test_pcgrad_net(-0.3f);
     test_weighting_nets();
+    test_multipliers();
     test_missing_labels();
     test_solver_logs();
     test_fixed_unchanged_by_diagnostics();

@@ -3,6 +3,7 @@
  * points; the ImageData layer moving landmark labels; EuclideanLoss with coordinate weights, a
  * weight bottom and missing targets (values by hand and gradient checks); the NME metric by hand;
  * task-wise early stopping on a hand-made sequence of validation losses. */
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +13,9 @@
 #include "balance/early_stop.h"
 #include "check.h"
 #include "config/config.h"
+#include "data/db.h"
 #include "data/image.h"
+#include "data/record.h"
 #include "data/transform.h"
 #include "gradcheck.h"
 #include "layers/labels.h"
@@ -37,6 +40,23 @@ static mtl_tensor *tensor_of(const int *shape, const float *values)
     if (values)
         memcpy(t->data, values, (size_t)t->count * sizeof(float));
     return t;
+}
+
+/* Removes a directory tree (the test's temporary files). */
+static void remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        for (struct dirent *e; (e = readdir(d));) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char child[1024];
+            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
+            remove_tree(child);
+        }
+        closedir(d);
+    }
+    remove(path);
 }
 
 /* ---- the transforms ---------------------------------------------------------------------------- */
@@ -385,6 +405,50 @@ static void test_image_data_landmarks(const char *dir)
     remove(list);
 }
 
+/* The Data layer over an LMDB: one 4x6 record with labels [1 .5 5 1.5 7], centre-cropped at TEST
+ * to 4x4 (window at column 1) and normalised: (1, .5) -> (0, .5) -> (-1, -.75), (5, 1.5) ->
+ * (4, 1.5) -> (1, -.25); the 7 stays. Landmarks beyond the labels are an error. */
+static void test_data_landmarks(const char *dir)
+{
+    char db[512];
+    snprintf(db, sizeof(db), "%s/lm_lmdb", dir);
+    mtl_error err = {0};
+    mtl_db_writer *w = NULL;
+    CHECK_OK(mtl_db_writer_open(db, &w, &err), &err);
+    if (!w)
+        return;
+    uint8_t pixels[24] = {0};
+    const float labels[5] = {1, 0.5f, 5, 1.5f, 7};
+    mtl_record r = {.channels = 1, .height = 4, .width = 6, .n_labels = 5, .labels = labels, .n_bytes = 24,
+                    .data = pixels};
+    CHECK_OK(mtl_db_writer_put(w, 0, &r, &err), &err);
+    mtl_db_meta meta = {.count = 1, .n_labels = 5, .channels = 1, .height = 4, .width = 6};
+    CHECK_OK(mtl_db_writer_finish(w, &meta, &err), &err);
+    for (int bad = 0; bad < 2; bad++) {
+        char text[1024];
+        snprintf(text, sizeof(text),
+                 "name: 'd' type: 'Data' top: 'data' top: 'label' data_param { source: '%s' batch_size: 1 } "
+                 "transform_param { crop_size: 4 landmarks { count: %d normalize: true } }",
+                 db, bad ? 3 : 2);
+        mtl_tensor *tops[2] = {mtl_tensor_create("data"), mtl_tensor_create("label")};
+        mtl_layer *l = NULL;
+        if (bad) {
+            CHECK_FAILS(gradcheck_build(text, MTL_PHASE_TEST, NULL, 0, tops, 2, &l, &err), &err, MTL_ERR_CONFIG,
+                        "need 6 label columns, but the samples have 5 labels");
+        } else {
+            CHECK_OK(gradcheck_build(text, MTL_PHASE_TEST, NULL, 0, tops, 2, &l, &err), &err);
+            if (l) {
+                CHECK_OK(l->ops->reshape(l, &err), &err);
+                CHECK_OK(l->ops->forward(l, &err), &err);
+                check_values("Data TEST", tops[1]->data, (float[]){-1, -0.75f, 1, -0.25f, 7}, 5, 1e-6);
+            }
+        }
+        gradcheck_free_layer(l);
+        mtl_tensor_free(tops[0]);
+        mtl_tensor_free(tops[1]);
+    }
+}
+
 /* ---- EuclideanLoss ------------------------------------------------------------------------------- */
 
 static float forward_loss(const char *text, mtl_tensor **bs, int nb, mtl_layer **keep)
@@ -689,6 +753,29 @@ static void test_early_stop_sequence(void)
     }
 }
 
+/* relative: true, min_delta 0.1, patience 1, one auxiliary task: 1.0, then 0.85 (below 0.9:
+ * better, best 0.85), then 0.8 (not below 0.765: stops at once). */
+static void test_early_stop_relative(void)
+{
+    static const char *const names[2] = {"main", "aux"};
+    mtl_early_stop_config cfg = {.patience = 1, .min_delta = 0.1, .relative = 1, .n_auxiliary = 1,
+                                 .auxiliary = {"aux"}};
+    mtl_early_stop *es = NULL;
+    mtl_error err = {0};
+    CHECK_OK(mtl_early_stop_create(&cfg, 2, names, &es, &err), &err);
+    if (!es)
+        return;
+    const double seq[3][2] = {{1, 1.0}, {1, 0.85}, {1, 0.8}};
+    int now[2];
+    CHECK_INT(mtl_early_stop_update(es, 0, seq[0], now), 0);
+    CHECK_INT(mtl_early_stop_update(es, 10, seq[1], now), 0);
+    CHECK_INT(mtl_early_stop_update(es, 20, seq[2], now), 1);
+    CHECK(now[1] == 1 && now[0] == 0 && mtl_early_stop_multiplier(es, 1) == 0);
+    mtl_early_stop_free(es);
+    cfg.min_delta = 1.0;
+    CHECK_FAILS(mtl_early_stop_create(&cfg, 2, names, &es, &err), &err, MTL_ERR_CONFIG, "below 1 when relative");
+}
+
 static mtl_status es_from_text(const char *text, mtl_early_stop **out, int *present, mtl_error *err)
 {
     mtl_cfg_node *root = NULL;
@@ -737,6 +824,9 @@ static void test_early_stop_config(void)
     CHECK_FAILS(es_from_text("task_early_stopping { patience: 2 min_delta: -1 auxiliary: 'loss_pose' }", &es,
                              &present, &err),
                 &err, MTL_ERR_CONFIG, "min_delta");
+    CHECK_FAILS(es_from_text("task_early_stopping { patience: 2 min_delta: 1 relative: true auxiliary: 'loss_pose' }",
+                             &es, &present, &err),
+                &err, MTL_ERR_CONFIG, "below 1 when relative");
     CHECK_FAILS(es_from_text("task_early_stopping { patience: 2 auxiliary: 'loss_pose' patients: 3 }", &es, &present,
                              &err),
                 &err, MTL_ERR_CONFIG, "patients");
@@ -758,7 +848,8 @@ int main(void)
     snprintf(dir, sizeof(dir), "%s/mtl_landmarks_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (mkdtemp(dir)) {
         test_image_data_landmarks(dir);
-        rmdir(dir);
+        test_data_landmarks(dir);
+        remove_tree(dir);
     } else {
         CHECK_MSG(0, "mkdtemp %s failed", dir);
     }
@@ -767,6 +858,7 @@ int main(void)
     test_euclidean_gradcheck();
     test_nme();
     test_early_stop_sequence();
+    test_early_stop_relative();
     test_early_stop_config();
     return check_finish();
 }

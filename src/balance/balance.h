@@ -123,6 +123,7 @@ typedef struct mtl_balancer {
     char *nt_error;              /* why nt is NULL */
     int n_tasks;
     float *base;                 /* [n_tasks]: loss_weight */
+    float *multiplier;           /* [n_tasks]: from mtl_balancer_set_multipliers (1) */
     float *weights;              /* [n_tasks]: effective weights of the current iteration */
     float *pass_weights;         /* [n_tasks]: MGDA-UB's weights of the current pass */
     double *weight_sum;          /* [n_tasks]: MGDA-UB's weights summed over passes */
@@ -160,6 +161,11 @@ typedef struct mtl_balancer {
 mtl_status mtl_balancer_create(const mtl_balance_config *cfg, mtl_net *net, uint64_t seed, int64_t display,
                                mtl_balancer **out, mtl_error *err);
 void mtl_balancer_free(mtl_balancer *b);
+
+/* Multiplies each task's loss_weight by multipliers[t] from the next iteration on; task-wise early
+ * stopping sets 0 for a task that has stopped. A task at 0 takes no part in any method (no weight,
+ * left out of MGDA-UB's min-norm problem, inactive for GradNorm, its log-variance frozen). */
+void mtl_balancer_set_multipliers(mtl_balancer *b, const float *multipliers);
 
 /* Before an iteration's first pass: fixes this iteration's weights; diagnose asks for the
  * gradient diagnostics (display iterations; honoured when cfg.diagnostics and the net allow). */

@@ -42,6 +42,7 @@ void mtl_balancer_free(mtl_balancer *b)
     mtl_net_tasks_free(b->nt);
     free(b->nt_error);
     free(b->base);
+    free(b->multiplier);
     free(b->weights);
     free(b->pass_weights);
     free(b->weight_sum);
@@ -130,6 +131,7 @@ mtl_status mtl_balancer_create(const mtl_balance_config *cfg, mtl_net *net, uint
         return st;
     }
     b->base = zalloc((size_t)T, sizeof(float));
+    b->multiplier = zalloc((size_t)T, sizeof(float));
     b->weights = zalloc((size_t)T, sizeof(float));
     b->pass_weights = zalloc((size_t)T, sizeof(float));
     b->weight_sum = zalloc((size_t)T, sizeof(double));
@@ -153,7 +155,7 @@ mtl_status mtl_balancer_create(const mtl_balance_config *cfg, mtl_net *net, uint
     b->report.grad_norm = zalloc((size_t)T, sizeof(double));
     b->report.cosine = zalloc((size_t)(T * (T - 1) / 2), sizeof(double));
     b->report.log_var = zalloc((size_t)T, sizeof(double));
-    int ok = b->base && b->weights && b->pass_weights && b->weight_sum && b->regression && b->log_var &&
+    int ok = b->base && b->multiplier && b->weights && b->pass_weights && b->weight_sum && b->regression && b->log_var &&
              b->gn_weight && b->initial_loss && b->win_sum && b->win_count && b->win_last && b->win_before &&
              b->lambda && b->loss_sum && b->gram && b->sol && b->rep_norm && b->active && b->order && b->scale &&
              b->report.weights &&
@@ -173,6 +175,7 @@ mtl_status mtl_balancer_create(const mtl_balance_config *cfg, mtl_net *net, uint
     }
     for (int t = 0; t < T; t++) {
         b->base[t] = net->tasks[t].weight;
+        b->multiplier[t] = 1.0f;
         b->gn_weight[t] = 1.0;
         b->lambda[t] = 1.0;
         mtl_balance_form form = cfg->form;
@@ -185,6 +188,11 @@ mtl_status mtl_balancer_create(const mtl_balance_config *cfg, mtl_net *net, uint
     mtl_rng_seed(&b->rng, seed ^ 0x9e3779b97f4a7c15ull);
     *out = b;
     return MTL_OK;
+}
+
+void mtl_balancer_set_multipliers(mtl_balancer *b, const float *multipliers)
+{
+    memcpy(b->multiplier, multipliers, (size_t)b->n_tasks * sizeof(float));
 }
 
 void mtl_balancer_begin_iteration(mtl_balancer *b, int diagnose)
@@ -201,7 +209,7 @@ void mtl_balancer_begin_iteration(mtl_balancer *b, int diagnose)
         case MTL_BALANCE_DWA: factor = b->lambda[t]; break;
         default: break;
         }
-        b->weights[t] = (float)(b->base[t] * factor);
+        b->weights[t] = (float)(b->base[t] * b->multiplier[t] * factor);
         b->loss_sum[t] = 0.0;
         b->weight_sum[t] = 0.0;
     }
@@ -229,7 +237,7 @@ static void mgda_weights(mtl_balancer *b)
             sq += (double)g[i] * g[i];
         b->rep_norm[t] = sqrt(sq);
         b->pass_weights[t] = 0.0f;
-        if (b->rep_norm[t] > 0 && isfinite(b->rep_norm[t])) {
+        if (b->rep_norm[t] > 0 && isfinite(b->rep_norm[t]) && b->multiplier[t] != 0.0f) {
             idx[m] = t;
             gn[m] = mtl_balance_mgda_normalizer(b->cfg.normalization, mtl_net_task_loss(b->net, t), b->rep_norm[t]);
             m++;
@@ -258,11 +266,9 @@ mtl_status mtl_balancer_backward(mtl_balancer *b, mtl_error *err)
         b->loss_sum[t] += mtl_net_task_loss(net, t);
     b->passes++;
     int per_task = method == MTL_BALANCE_GRADNORM || method == MTL_BALANCE_PCGRAD || method == MTL_BALANCE_MGDA_UB;
+    /* FIXED's weights are the loss weights (times any multipliers): the net's own backward bits */
     if (!per_task && !b->diagnose) {
-        if (method == MTL_BALANCE_FIXED)
-            mtl_net_backward(net);
-        else
-            mtl_net_backward_weighted(net, b->weights);
+        mtl_net_backward_weighted(net, b->weights);
         return MTL_OK;
     }
     MTL_TRY(mtl_net_tasks_begin(nt, err));
@@ -283,11 +289,9 @@ mtl_status mtl_balancer_backward(mtl_balancer *b, mtl_error *err)
 
     switch (method) {
     case MTL_BALANCE_FIXED:
-        /* the ordinary backward, so that display iterations compute the same bits as the others */
-        mtl_net_backward(net);
-        break;
     case MTL_BALANCE_UNCERTAINTY:
     case MTL_BALANCE_DWA:
+        /* the ordinary backward, so that display iterations compute the same bits as the others */
         mtl_net_backward_weighted(net, b->weights);
         break;
     case MTL_BALANCE_GRADNORM:
@@ -359,7 +363,7 @@ void mtl_balancer_end_iteration(mtl_balancer *b, double rate)
     case MTL_BALANCE_UNCERTAINTY:
         for (int t = 0; t < T; t++) {
             double loss = b->loss_sum[t] / passes, weight, ds;
-            if (loss == 0.0 || !isfinite(loss))
+            if (loss == 0.0 || !isfinite(loss) || b->multiplier[t] == 0.0f)
                 continue;
             mtl_balance_uncertainty(b->log_var[t], b->base[t] * loss, b->regression[t], &weight, &ds);
             b->log_var[t] -= lr * ds;
@@ -369,11 +373,11 @@ void mtl_balancer_end_iteration(mtl_balancer *b, double rate)
         double *g = b->scale, *ratio = b->rep_norm;
         for (int t = 0; t < T; t++) {
             double loss = b->loss_sum[t] / passes;
-            b->active[t] = loss > 0 && isfinite(loss);
+            b->active[t] = loss > 0 && isfinite(loss) && b->multiplier[t] != 0.0f;
             if (b->active[t] && b->initial_loss[t] == 0.0)
                 b->initial_loss[t] = loss;
             ratio[t] = b->active[t] ? loss / b->initial_loss[t] : 1.0;
-            g[t] = fabs((double)b->base[t]) * norm_of(b->gw_sum[t], b->nt->last_shared_count) / passes;
+            g[t] = fabs((double)b->base[t] * b->multiplier[t]) * norm_of(b->gw_sum[t], b->nt->last_shared_count) / passes;
             b->active[t] = b->active[t] && g[t] > 0;
         }
         mtl_balance_gradnorm_step(T, b->gn_weight, g, ratio, b->active, b->cfg.alpha, lr);

@@ -43,13 +43,15 @@ mtl_status mtl_early_stop_read(mtl_cfg_node *solver, mtl_early_stop_config *cfg,
     int64_t patience;
     MTL_TRY(mtl_cfg_int_range(m, "patience", 1, 1, 1 << 20, &patience, err));
     MTL_TRY(mtl_cfg_float(m, "min_delta", 0.0, &c.min_delta, err));
+    MTL_TRY(mtl_cfg_bool(m, "relative", 0, &c.relative, err));
     MTL_TRY(mtl_cfg_int_range(m, "min_iter", 0, 0, INT64_MAX, &c.min_iter, err));
     if (mtl_cfg_count(m, "patience") == 0)
         return mtl_cfg_fail(m, err, MTL_ERR_CONFIG,
                             "task_early_stopping needs patience: the tests without improvement before an auxiliary "
                             "task stops");
-    if (!(c.min_delta >= 0 && isfinite(c.min_delta)))
-        return mtl_cfg_fail(mtl_cfg_field(m, "min_delta", 0), err, MTL_ERR_CONFIG, "min_delta must be >= 0 (it is %g)",
+    if (!(c.min_delta >= 0 && isfinite(c.min_delta)) || (c.relative && c.min_delta >= 1))
+        return mtl_cfg_fail(mtl_cfg_field(m, "min_delta", 0), err, MTL_ERR_CONFIG,
+                            "min_delta must be >= 0%s (it is %g)", c.relative ? " and below 1 when relative" : "",
                             c.min_delta);
     c.patience = (int)patience;
     int n = mtl_cfg_count(m, "auxiliary");
@@ -73,9 +75,12 @@ mtl_status mtl_early_stop_create(const mtl_early_stop_config *cfg, int n_tasks, 
 {
     *out = NULL;
     char msg[1024];
-    if (cfg->patience < 1 || !(cfg->min_delta >= 0) || cfg->min_iter < 0 || cfg->n_auxiliary < 1 ||
+    if (cfg->patience < 1 || !(cfg->min_delta >= 0) || (cfg->relative && cfg->min_delta >= 1) || cfg->min_iter < 0 ||
+        cfg->n_auxiliary < 1 ||
         cfg->n_auxiliary > MTL_EARLY_STOP_MAX_AUXILIARY) {
-        snprintf(msg, sizeof(msg), "needs patience >= 1, min_delta >= 0, min_iter >= 0 and 1 to %d auxiliary tasks",
+        snprintf(msg, sizeof(msg),
+                 "needs patience >= 1, min_delta >= 0 (below 1 when relative), min_iter >= 0 and 1 to %d auxiliary "
+                 "tasks",
                  MTL_EARLY_STOP_MAX_AUXILIARY);
         return config_fail(cfg, err, MTL_ERR_CONFIG, msg);
     }
@@ -159,7 +164,8 @@ int mtl_early_stop_update(mtl_early_stop *es, int64_t iter, const double *val_lo
         if (r->stopped || isnan(v))
             continue;
         r->last = v;
-        if (isnan(r->best) || v < r->best - es->cfg.min_delta) {
+        double bar = es->cfg.relative ? r->best * (1.0 - es->cfg.min_delta) : r->best - es->cfg.min_delta;
+        if (isnan(r->best) || v < bar) {
             r->best = v;
             r->best_iter = iter;
             r->bad = 0;

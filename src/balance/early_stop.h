@@ -9,6 +9,7 @@
  *   task_early_stopping {
  *     patience: 3           # tests without improvement before an auxiliary task stops (>= 1)
  *     min_delta: 0          # an improvement must lower the best loss by more than this (>= 0)
+ *     relative: false       # true: min_delta is a fraction of the best loss (0.02: 2%; losses > 0)
  *     min_iter: 0           # no task stops before this iteration
  *     auxiliary: "loss_pose" auxiliary: "loss_size"   # loss top names of the auxiliary tasks
  *   } */
@@ -26,6 +27,7 @@
 typedef struct mtl_early_stop_config {
     int patience;               /* >= 1 */
     double min_delta;           /* >= 0 */
+    int relative;               /* min_delta is a fraction of the best loss */
     int64_t min_iter;           /* >= 0 */
     int n_auxiliary;            /* >= 1 */
     const char *auxiliary[MTL_EARLY_STOP_MAX_AUXILIARY]; /* borrowed: the parse tree's or the caller's */
@@ -48,7 +50,8 @@ void mtl_early_stop_free(mtl_early_stop *es);
 
 /* One test's validation losses at iteration iter: val_loss[t] for task t (unweighted; NaN: no value
  * this time, which neither improves nor counts against the task). A running auxiliary task whose
- * loss is not below its best minus min_delta collects a bad test; at `patience` bad tests in a row
+ * loss is not below its best minus min_delta (relative: best times 1 - min_delta) collects a bad
+ * test (its best stays); at `patience` bad tests in a row
  * (and iter >= min_iter) it stops. stopped_now[t] (may be NULL) is set to 1 for each task that
  * stops at this test, 0 otherwise; returns how many stopped. */
 int mtl_early_stop_update(mtl_early_stop *es, int64_t iter, const double *val_loss, int *stopped_now);

@@ -316,6 +316,10 @@ static mtl_status embed_all(mtl_net *net, const embed_source *src, const embed_c
                                 cfg->blob, mtl_tensor_shape_str(feature, shape, sizeof(shape)), (long long)dim);
             if (fwrite(embed_magic, 1, 8, f) != 8 || write_u32(f, (uint32_t)src->n) || write_u32(f, (uint32_t)dim))
                 return mtl_fail(err, MTL_ERR_IO, "cannot write the embeddings");
+        } else if (feature->count != (int64_t)b * dim) {
+            return mtl_fail(err, MTL_ERR_SHAPE, "blob '%s' is %s for a batch of %d images but held %lld values per "
+                            "image before", cfg->blob, mtl_tensor_shape_str(feature, shape, sizeof(shape)), b,
+                            (long long)dim);
         }
         for (int i = 0; i < b; i++)
             MTL_TRY(fill_input(src, start + i, channels, height, width, cfg->mean, cfg->scale,

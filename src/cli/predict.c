@@ -1,11 +1,14 @@
 /* mtl predict: runs a trained net (a deploy prototxt with an Input blob) on image files and prints
  * every output per image: the top classes with their probabilities for a probability output, the
- * values for any other (regression, landmarks, embeddings); as text or as JSON lines (cJSON). */
+ * values for any other (regression, landmarks, embeddings); as text or as JSON lines (cJSON).
+ * With --draw, also a PNG per image with the predicted landmarks as dots and the other outputs as
+ * text, in a small built-in 5x7 bitmap font. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "core/net.h"
@@ -16,7 +19,8 @@
 static const char predict_usage[] =
     "usage: mtl predict --model NET.prototxt --weights SNAPSHOT [--scale S] [--mean M[,M2,M3]]\n"
     "                   [--gray | --color] [--labels OUTPUT=name0,name1,...]... [--top K] [--json]\n"
-    "                   [--batch N] [--threads T] IMAGE...\n"
+    "                   [--batch N] [--threads T] [--draw DIR [--landmarks OUTPUT] [--normalized]]\n"
+    "                   IMAGE...\n"
     "\n"
     "Runs the TEST phase of NET, a deploy net whose input blob ('data', else the first input blob)\n"
     "is 1xCxHxW, with the weights of SNAPSHOT (every parameter of the net must be found in it by\n"
@@ -39,6 +43,11 @@ static const char predict_usage[] =
     "                    \"top\": [[3, 0.91], ...]}, O2: {\"values\": [...]}}}\n"
     "  --batch N         images per forward pass (default 64)\n"
     "  --threads T       threads for the layers (default: all cores)\n"
+    "  --draw DIR        also write DIR/NNNNN_NAME.png per image (NNNNN: its place among the IMAGE\n"
+    "                    arguments, from 00000): the image as the net saw it, enlarged, with the\n"
+    "                    landmarks as numbered dots and every other output's prediction as text\n"
+    "  --landmarks O     the output holding landmarks x0 y0 x1 y1 ..., in pixels of the net's input\n"
+    "  --normalized      ... in [-1, 1] over the input instead (transform_param.landmarks.normalize)\n"
     "\n"
     "Text lines read: IMAGE  prob_left: 3 (Dress) 0.912  prob_right: 7 (Sneaker) 0.881\n"
     "(with --top K, a probability output lists K 'class (name) prob' separated by commas; a values\n"
@@ -66,6 +75,9 @@ typedef struct predict_config {
     int top_k, json, batch;
     int n_labels;
     label_set *labels;
+    const char *draw_dir;       /* --draw; NULL: none */
+    const char *landmarks;      /* --landmarks output; NULL: none */
+    int normalized;
 } predict_config;
 
 static void labels_free(label_set *labels, int n)
@@ -187,7 +199,8 @@ static int parse_arguments(int argc, char **argv, predict_config *cfg, const cha
 {
     cli_option options[] = {{"model", 1, NULL}, {"weights", 1, NULL}, {"scale", 1, NULL}, {"mean", 1, NULL},
                             {"gray", 0, NULL},  {"color", 0, NULL},   {"top", 1, NULL},   {"json", 0, NULL},
-                            {"batch", 1, NULL}, {"threads", 1, NULL}};
+                            {"batch", 1, NULL}, {"threads", 1, NULL}, {"draw", 1, NULL}, {"landmarks", 1, NULL},
+                            {"normalized", 0, NULL}};
     const int n_opts = (int)(sizeof(options) / sizeof(options[0]));
     char **rest = malloc((size_t)argc * sizeof(char *));
     *images = malloc((size_t)argc * sizeof(char *));
@@ -235,6 +248,15 @@ static int parse_arguments(int argc, char **argv, predict_config *cfg, const cha
             return CLI_USAGE;
         mtl_set_num_threads((int)v);
     }
+    cfg->draw_dir = cli_value(options, n_opts, "draw");
+    cfg->landmarks = cli_value(options, n_opts, "landmarks");
+    cfg->normalized = cli_value(options, n_opts, "normalized") != NULL;
+    if ((cfg->landmarks || cfg->normalized) && !cfg->draw_dir)
+        return cli_usage_error(&cli_predict, "--landmarks and --normalized go with --draw DIR");
+    if (cfg->normalized && !cfg->landmarks)
+        return cli_usage_error(&cli_predict, "--normalized needs --landmarks OUTPUT");
+    if (cfg->draw_dir && !cfg->draw_dir[0])
+        return cli_usage_error(&cli_predict, "--draw needs a directory");
     return 0;
 }
 
@@ -500,9 +522,264 @@ static mtl_status print_json(const char *image, const predict_config *cfg, const
     return MTL_OK;
 }
 
-/* Forward pass over n loaded images, then one line per image. */
+/* ---- --draw ----------------------------------------------------------------------------------- */
+
+/* A 5x7 bitmap font for what the drawings need: digits, letters (lower case drawn as upper case)
+ * and a little punctuation; anything else is drawn as '?'. Row r of a glyph is font_rows[g][r],
+ * bit 4 the leftmost pixel. */
+static const char font_chars[] = " %()+,-./0123456789:=?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_";
+static const uint8_t font_rows[][7] = {
+    {0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}, /*   */
+    {0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03}, /* % */
+    {0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02}, /* ( */
+    {0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08}, /* ) */
+    {0x00, 0x04, 0x04, 0x1f, 0x04, 0x04, 0x00}, /* + */
+    {0x00, 0x00, 0x00, 0x00, 0x0c, 0x04, 0x08}, /* , */
+    {0x00, 0x00, 0x00, 0x1f, 0x00, 0x00, 0x00}, /* - */
+    {0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x0c}, /* . */
+    {0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00}, /* / */
+    {0x0e, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0e}, /* 0 */
+    {0x04, 0x0c, 0x04, 0x04, 0x04, 0x04, 0x0e}, /* 1 */
+    {0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f}, /* 2 */
+    {0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e}, /* 3 */
+    {0x02, 0x06, 0x0a, 0x12, 0x1f, 0x02, 0x02}, /* 4 */
+    {0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e}, /* 5 */
+    {0x06, 0x08, 0x10, 0x1e, 0x11, 0x11, 0x0e}, /* 6 */
+    {0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08}, /* 7 */
+    {0x0e, 0x11, 0x11, 0x0e, 0x11, 0x11, 0x0e}, /* 8 */
+    {0x0e, 0x11, 0x11, 0x0f, 0x01, 0x02, 0x0c}, /* 9 */
+    {0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00}, /* : */
+    {0x00, 0x00, 0x1f, 0x00, 0x1f, 0x00, 0x00}, /* = */
+    {0x0e, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04}, /* ? */
+    {0x0e, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11}, /* A */
+    {0x1e, 0x11, 0x11, 0x1e, 0x11, 0x11, 0x1e}, /* B */
+    {0x0e, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0e}, /* C */
+    {0x1c, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1c}, /* D */
+    {0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x1f}, /* E */
+    {0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x10}, /* F */
+    {0x0e, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0f}, /* G */
+    {0x11, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11}, /* H */
+    {0x0e, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e}, /* I */
+    {0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0c}, /* J */
+    {0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11}, /* K */
+    {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1f}, /* L */
+    {0x11, 0x1b, 0x15, 0x15, 0x11, 0x11, 0x11}, /* M */
+    {0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11}, /* N */
+    {0x0e, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e}, /* O */
+    {0x1e, 0x11, 0x11, 0x1e, 0x10, 0x10, 0x10}, /* P */
+    {0x0e, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0d}, /* Q */
+    {0x1e, 0x11, 0x11, 0x1e, 0x14, 0x12, 0x11}, /* R */
+    {0x0f, 0x10, 0x10, 0x0e, 0x01, 0x01, 0x1e}, /* S */
+    {0x1f, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04}, /* T */
+    {0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e}, /* U */
+    {0x11, 0x11, 0x11, 0x11, 0x11, 0x0a, 0x04}, /* V */
+    {0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0a}, /* W */
+    {0x11, 0x11, 0x0a, 0x04, 0x0a, 0x11, 0x11}, /* X */
+    {0x11, 0x11, 0x0a, 0x04, 0x04, 0x04, 0x04}, /* Y */
+    {0x1f, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1f}, /* Z */
+    {0x0e, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0e}, /* [ */
+    {0x0e, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0e}, /* ] */
+    {0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1f}, /* _ */
+};
+
+enum { FONT_W = 5, FONT_H = 7, FONT_ADVANCE = 6, LINE_H = 10, DRAW_MIN_SIDE = 256 };
+
+typedef struct canvas {
+    int width, height;
+    uint8_t *rgb; /* height x width x 3 */
+} canvas;
+
+static void put_pixel(canvas *c, int x, int y, const uint8_t color[3])
+{
+    if (x < 0 || y < 0 || x >= c->width || y >= c->height)
+        return;
+    memcpy(c->rgb + ((size_t)y * (size_t)c->width + (size_t)x) * 3, color, 3);
+}
+
+static void draw_char(canvas *c, int x, int y, char ch, const uint8_t color[3])
+{
+    if (ch >= 'a' && ch <= 'z')
+        ch = (char)(ch - 'a' + 'A');
+    const char *at = ch ? strchr(font_chars, ch) : NULL;
+    if (!at)
+        at = strchr(font_chars, '?');
+    const uint8_t *rows = font_rows[at - font_chars];
+    for (int r = 0; r < FONT_H; r++)
+        for (int k = 0; k < FONT_W; k++)
+            if (rows[r] & (0x10 >> k))
+                put_pixel(c, x + k, y + r, color);
+}
+
+static void draw_text(canvas *c, int x, int y, const char *text, const uint8_t color[3])
+{
+    for (; *text; text++, x += FONT_ADVANCE)
+        draw_char(c, x, y, *text, color);
+}
+
+/* A dot of radius r with a dark rim, so it shows on light and dark items alike. */
+static void draw_dot(canvas *c, double cx, double cy, int r, const uint8_t color[3])
+{
+    static const uint8_t rim[3] = {0, 0, 0};
+    for (int dy = -r - 1; dy <= r + 1; dy++)
+        for (int dx = -r - 1; dx <= r + 1; dx++) {
+            double d2 = (double)dx * dx + (double)dy * dy;
+            if (d2 <= (r + 1.0) * (r + 1.0))
+                put_pixel(c, (int)floor(cx) + dx, (int)floor(cy) + dy, d2 <= (double)r * r ? color : rim);
+        }
+}
+
+/* One output's prediction as a line of text: "prob_class: 3 (Dress) 0.912", "prob_mirrored: 0.731"
+ * (one value) or "name: [v1 v2 ...]" (cut to fit). */
+static void output_line(const predict_config *cfg, const mtl_tensor *t, const float *v, int64_t n, int64_t *idx,
+                        char *buf, size_t size)
+{
+    size_t used = (size_t)snprintf(buf, size, "%s:", t->name);
+    if (is_probability(v, n)) {
+        const label_set *names = labels_for(cfg, t->name);
+        top_classes(v, n, 1, idx);
+        if (used < size)
+            used += (size_t)snprintf(buf + used, size - used, " %lld", (long long)idx[0]);
+        if (names && idx[0] < names->n_names && used < size)
+            used += (size_t)snprintf(buf + used, size - used, " (%s)", names->names[idx[0]]);
+        if (used < size)
+            snprintf(buf + used, size - used, " %.3f", (double)v[idx[0]]);
+        return;
+    }
+    if (n == 1) { /* a sigmoid's probability, or one regressed value */
+        if (used < size)
+            snprintf(buf + used, size - used, " %.3g", (double)v[0]);
+        return;
+    }
+    for (int64_t i = 0; i < n && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%.3g", i ? " " : " [", (double)v[i]);
+    if (used < size)
+        snprintf(buf + used, size - used, "]");
+}
+
+/* DIR/NNNNN_NAME.png for image `index` of the arguments (NAME: its file name without extension). */
+static void draw_path(const char *dir, int index, const char *image, char *buf, size_t size)
+{
+    const char *base = strrchr(image, '/');
+    base = base ? base + 1 : image;
+    const char *dot = strrchr(base, '.');
+    int len = dot && dot != base ? (int)(dot - base) : (int)strlen(base);
+    snprintf(buf, size, "%s/%05d_%.*s.png", dir, index, len, base);
+}
+
+static const uint8_t point_colors[8][3] = {{255, 64, 64}, {64, 224, 64},  {64, 128, 255}, {255, 224, 32},
+                                           {255, 64, 255}, {32, 224, 224}, {255, 160, 32}, {255, 255, 255}};
+
+/* Draws image `sample` of the batch: the image resized to the net's input (what the net saw),
+ * enlarged by a whole factor to at least DRAW_MIN_SIDE pixels, the landmarks as dots numbered in
+ * their order, and a text panel below with one line per other output. */
+static mtl_status draw_image(const char *image, int index, const predict_config *cfg, const mtl_net *net,
+                             int sample, int height, int width, int64_t *idx, mtl_error *err)
+{
+    mtl_image img = {0};
+    MTL_TRY(mtl_image_load(image, 3, &img, err));
+    if (img.width != width || img.height != height) {
+        mtl_image resized = {0};
+        mtl_status st = mtl_image_resize(&img, width, height, &resized, err);
+        mtl_image_free(&img);
+        if (st != MTL_OK)
+            return mtl_error_prefix(err, "resizing '%s' to %dx%d: ", image, width, height);
+        img = resized;
+    }
+    const int side = width > height ? width : height;
+    const int f = side >= DRAW_MIN_SIDE ? 1 : (DRAW_MIN_SIDE + side - 1) / side;
+    char lines[16][256];
+    int n_lines = 0, longest = 0;
+    const mtl_tensor *points = NULL;
+    for (int k = 0; k < net->n_outputs; k++) {
+        if (is_input(net, net->output_blobs[k]))
+            continue;
+        const mtl_tensor *t = net->blobs[net->output_blobs[k]];
+        int64_t n = t->count / t->shape[0];
+        const float *v = t->data + (size_t)sample * (size_t)n;
+        if (cfg->landmarks && strcmp(t->name, cfg->landmarks) == 0) {
+            points = t;
+            continue;
+        }
+        if (n_lines == 16)
+            continue;
+        output_line(cfg, t, v, n, idx, lines[n_lines], sizeof(lines[n_lines]));
+        int len = (int)strlen(lines[n_lines++]);
+        longest = len > longest ? len : longest;
+    }
+    canvas c = {.width = width * f, .height = height * f + (n_lines ? n_lines * LINE_H + 4 : 0)};
+    if (longest * FONT_ADVANCE + 4 > c.width)
+        c.width = longest * FONT_ADVANCE + 4;
+    if (!(c.rgb = calloc((size_t)c.width * (size_t)c.height, 3))) {
+        mtl_image_free(&img);
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory drawing '%s'", image);
+    }
+    for (int y = 0; y < height * f; y++)
+        for (int x = 0; x < width * f; x++)
+            memcpy(c.rgb + ((size_t)y * (size_t)c.width + (size_t)x) * 3,
+                   img.pixels + ((size_t)(y / f) * (size_t)width + (size_t)(x / f)) * 3, 3);
+    mtl_image_free(&img);
+    if (points) {
+        int64_t n = points->count / points->shape[0];
+        const float *v = points->data + (size_t)sample * (size_t)n;
+        for (int64_t p = 0; p + 1 < n; p += 2) {
+            double x = v[p], y = v[p + 1];
+            if (!isfinite(x) || !isfinite(y))
+                continue;
+            if (cfg->normalized) {
+                x = (x + 1.0) * width / 2.0;
+                y = (y + 1.0) * height / 2.0;
+            }
+            const uint8_t *color = point_colors[(p / 2) % 8];
+            int r = f < 3 ? 2 : f > 5 ? 4 : f - 1;
+            draw_dot(&c, x * f, y * f, r, color);
+            char label[24];
+            snprintf(label, sizeof(label), "%lld", (long long)(p / 2));
+            draw_text(&c, (int)floor(x * f) + r + 3, (int)floor(y * f) - FONT_H / 2, label, color);
+        }
+    }
+    static const uint8_t white[3] = {255, 255, 255};
+    for (int i = 0; i < n_lines; i++)
+        draw_text(&c, 2, height * f + 4 + i * LINE_H, lines[i], white);
+    char path[4096];
+    draw_path(cfg->draw_dir, index, image, path, sizeof(path));
+    mtl_image out = {.width = c.width, .height = c.height, .channels = 3, .pixels = c.rgb};
+    mtl_status st = mtl_image_write_png(path, &out, err);
+    free(c.rgb);
+    return st;
+}
+
+/* The --draw directory, made when missing; --landmarks must name an output with (x, y) pairs. */
+static int check_draw(const predict_config *cfg, const mtl_net *net, int batch)
+{
+    if (!cfg->draw_dir)
+        return 0;
+    if (mkdir(cfg->draw_dir, 0777) != 0 && errno != EEXIST)
+        return cli_usage_error(&cli_predict, "--draw: cannot create directory '%s': %s", cfg->draw_dir,
+                               strerror(errno));
+    struct stat sb;
+    if (stat(cfg->draw_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return cli_usage_error(&cli_predict, "--draw: '%s' is not a directory", cfg->draw_dir);
+    if (!cfg->landmarks)
+        return 0;
+    for (int k = 0; k < net->n_outputs; k++) {
+        const mtl_tensor *t = net->blobs[net->output_blobs[k]];
+        if (is_input(net, net->output_blobs[k]) || strcmp(t->name, cfg->landmarks) != 0)
+            continue;
+        int64_t per_image = t->count / (batch > 0 ? batch : 1);
+        if (per_image % 2 != 0)
+            return cli_usage_error(&cli_predict, "--landmarks: output '%s' has %lld values per image, not (x, y) "
+                                   "pairs",
+                                   t->name, (long long)per_image);
+        return 0;
+    }
+    return cli_usage_error(&cli_predict, "--landmarks names output '%s', which the net does not have",
+                           cfg->landmarks);
+}
+
+/* Forward pass over n loaded images, then one line per image (and its drawing with --draw);
+ * `first` is the first image's place among the arguments. */
 static mtl_status run_batch(mtl_net *net, mtl_tensor *input, const predict_config *cfg, const char **images, int n,
-                            int64_t *idx, mtl_error *err)
+                            int first, int64_t *idx, mtl_error *err)
 {
     int shape[4] = {n, input->shape[1], input->shape[2], input->shape[3]};
     /* the images already sit in input->data: shrinking the batch never reallocates */
@@ -521,6 +798,8 @@ static mtl_status run_batch(mtl_net *net, mtl_tensor *input, const predict_confi
             MTL_TRY(print_json(images[i], cfg, net, i, idx, err));
         else
             print_text(images[i], cfg, net, i, idx);
+        if (cfg->draw_dir)
+            MTL_TRY(draw_image(images[i], first + i, cfg, net, i, input->shape[2], input->shape[3], idx, err));
     }
     fflush(stdout);
     return MTL_OK;
@@ -556,6 +835,8 @@ static int predict(const predict_config *cfg, const char **images, int n_images)
             st = mtl_net_reshape(net, &err);
         if (st == MTL_OK)
             rc = check_labels(cfg, net, batch);
+        if (st == MTL_OK && rc == CLI_OK)
+            rc = check_draw(cfg, net, batch);
     }
     /* room for the top-K indices of the largest output */
     int64_t most = 1;
@@ -585,7 +866,7 @@ static int predict(const predict_config *cfg, const char **images, int n_images)
         }
         /* the images before a bad one still get their results, whatever the batch size */
         if (st == MTL_OK && loaded > 0)
-            st = run_batch(net, input, cfg, images + start, loaded, idx, &err);
+            st = run_batch(net, input, cfg, images + start, loaded, start, idx, &err);
         if (st == MTL_OK && load_st != MTL_OK) {
             st = load_st;
             err = load_err;

@@ -1,6 +1,7 @@
 /* The solver: SolverParameter parsing, net construction, Caffe's training loop (Solver::Step and
  * Solve), testing, display and the JSON-lines log, and snapshots. The arithmetic of an update lives
- * in core/update.c; the file format in core/snapshot.c. */
+ * in core/update.c; the file format in core/snapshot.c; task balancing (each pass's backward and the
+ * display diagnostics) in balance/. */
 #include "core/solver.h"
 
 #include <errno.h>

@@ -280,7 +280,7 @@ static void forward_image(const conv_state *s, const float *w, const float *bias
                           float *col)
 {
     const mtl_conv_geom *g = &s->geom;
-    const int m = s->m, k = s->k, p = s->p, kw = k + s->ones_row;
+    const int m = s->m, k = s->k, p = s->p, kb = k + s->ones_row; /* weight columns, bias included */
     for (int grp = 0; grp < s->group; grp++) {
         const float *xg = x + (int64_t)grp * g->channels * g->height * g->width; /* (C/group, H, W) */
         float *yg = y + (int64_t)grp * m * p;                                   /* (M/group, P) */
@@ -298,7 +298,7 @@ static void forward_image(const conv_state *s, const float *w, const float *bias
             }
             beta = 1.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, p, kw, 1.0f, w + (int64_t)grp * m * kw, kw, cols, p,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, p, kb, 1.0f, w + (int64_t)grp * m * kb, kb, cols, p,
                     beta, yg, p);
     }
 }

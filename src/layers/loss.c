@@ -165,6 +165,7 @@ static mtl_status euclidean_setup(mtl_layer *l, mtl_error *err)
     if (!e)
         return MTL_ERR_NOMEM;
     l->priv = e;
+    e->normalizer = 1.0;
     mtl_cfg_node *p;
     MTL_TRY(mtl_layer_param_message(l, "euclidean_loss_param", &p, err));
     MTL_TRY(mtl_cfg_bool(p, "normalize_present", 0, &e->normalize_present, err));

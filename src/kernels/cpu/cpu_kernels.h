@@ -10,8 +10,9 @@
  * mtl threads with OpenMP and calls OpenBLAS from inside its parallel regions, one GEMM per
  * thread, so OpenBLAS itself must run single-threaded (otherwise every call would wake its own
  * pool on top of ours). mtl_cpu_init() sets that once per process; OPENBLAS_NUM_THREADS=1 in the
- * environment says the same. Results are deterministic for a given thread count: work is split
- * by mtl_cpu_range(), and per-thread partial sums are added in thread order. */
+ * environment says the same. Results never depend on which thread did what: work is cut into
+ * pieces by mtl_cpu_range(), each output value is computed by one piece, and partial sums kept
+ * per piece are added in piece order. */
 
 /* An OpenMP directive that vanishes in builds without OpenMP (MTL_OPENMP off), where a bare
  * #pragma omp would trip -Werror=unknown-pragmas: MTL_OMP("omp parallel for"). */
