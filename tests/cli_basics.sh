@@ -1,24 +1,7 @@
 #!/usr/bin/env bash
 # The mtl command line: help and usage errors, train with snapshots, resume, fine-tuning, the JSON
 # log, test, describe and time. Usage: cli_basics.sh MTL_BINARY SOURCE_DIR
-set -u
-mtl=$1
-src=$2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAILED: $*" >&2; }
-expect_rc() { # expected_rc description command...
-  local want=$1 what=$2; shift 2
-  "$@" >"$work/out" 2>"$work/err"
-  local rc=$?
-  if [ "$rc" -eq "$want" ]; then ok; else bad "$what: exit $rc, expected $want"; cat "$work/err" >&2; fi
-}
-expect_grep() { # pattern file description
-  if grep -q -- "$1" "$2"; then ok; else bad "$3: '$1' not in $2"; head -20 "$2" >&2; fi
-}
+. "$(dirname "$0")/support/cli_lib.sh" "$@"
 
 expect_rc 0 "mtl --help" "$mtl" --help
 expect_grep "train" "$work/out" "help lists commands"
@@ -69,5 +52,4 @@ printf 'layer { name: "a" type: "ReLU" bottom: "x" }\n' > "$work/broken.prototxt
 expect_rc 1 "broken net" "$mtl" describe "$work/broken.prototxt"
 expect_grep "broken.prototxt:1" "$work/err" "error names file and line"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+cli_finish

@@ -2,23 +2,7 @@
 # mtl convert end to end: tiny PNGs (written by Python's standard library) packed into LMDBs and read
 # back from data.mdb byte for byte (labels as float32 bits, '-' as NaN), every option, every error
 # path, interruption, and --coco. Usage: cli_convert.sh MTL_BINARY SOURCE_DIR
-set -u
-mtl=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAILED: $*" >&2; }
-expect_rc() { # expected_rc description command...
-  local want=$1 what=$2; shift 2
-  "$@" >"$work/out" 2>"$work/err"
-  local rc=$?
-  if [ "$rc" -eq "$want" ]; then ok; else bad "$what: exit $rc, expected $want"; cat "$work/out" "$work/err" >&2; fi
-}
-expect_grep() { # pattern file description
-  if grep -q -- "$1" "$2"; then ok; else bad "$3: '$1' not in $2"; head -20 "$2" >&2; fi
-}
+. "$(dirname "$0")/support/cli_lib.sh" "$@"
 expect_no_db() { # path description: neither the database nor its partial directory exists
   if [ ! -e "$1" ] && [ ! -e "$1.partial" ]; then ok; else bad "$2: something was left at $1"; ls -la "$1"* >&2; fi
 }
@@ -342,5 +326,4 @@ expect_grep "coco_bad.json:3: not valid JSON" "$work/err" "JSON error line"
 expect_rc 2 "coco with --labels" "$mtl" convert --coco "$work/coco.json" --labels 2 "$img" "$work/e8"
 expect_no_db "$work/e8" "coco errors"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+cli_finish

@@ -2,23 +2,7 @@
 # mtl dataset and mtl plot from the command line: builds on a tiny synthetic Fashion-MNIST written
 # here (never the installed data set), usage errors, reproducibility, and SVG curves from a
 # hand-written log. Usage: cli_dataset_plot.sh MTL_BINARY SOURCE_DIR
-set -u
-mtl=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAILED: $*" >&2; }
-expect_rc() { # expected_rc description command...
-  local want=$1 what=$2; shift 2
-  "$@" >"$work/out" 2>"$work/err"
-  local rc=$?
-  if [ "$rc" -eq "$want" ]; then ok; else bad "$what: exit $rc, expected $want"; cat "$work/err" >&2; fi
-}
-expect_grep() { # pattern file description
-  if grep -q -- "$1" "$2"; then ok; else bad "$3: '$1' not in $2"; head -20 "$2" >&2; fi
-}
+. "$(dirname "$0")/support/cli_lib.sh" "$@"
 check() { # description command...: passes when the command succeeds
   local what=$1; shift
   if "$@"; then ok; else bad "$what"; fi
@@ -143,5 +127,4 @@ expect_rc 1 "plot to an unwritable file" "$mtl" plot "$work/log.jsonl" -o "$work
 expect_grep "plainfile/x.svg" "$work/err" "unwritable SVG named"
 [ -e "$work/x.svg" ] && bad "a failed plot wrote its output" || ok
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+cli_finish

@@ -2,23 +2,7 @@
 # mtl embed and mtl verify end to end: tiny PNGs (written by Python's standard library) embedded by a
 # tiny net from a list and from an LMDB, the MTLEMB1 file read back byte for byte, metrics checked
 # against a plain Python computation, and every error path. Usage: cli_embed_verify.sh MTL_BINARY SOURCE_DIR
-set -u
-mtl=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAILED: $*" >&2; }
-expect_rc() { # expected_rc description command...
-  local want=$1 what=$2; shift 2
-  "$@" >"$work/out" 2>"$work/err"
-  local rc=$?
-  if [ "$rc" -eq "$want" ]; then ok; else bad "$what: exit $rc, expected $want"; cat "$work/out" "$work/err" >&2; fi
-}
-expect_grep() { # pattern file description
-  if grep -q -- "$1" "$2"; then ok; else bad "$3: '$1' not in $2"; head -20 "$2" >&2; fi
-}
+. "$(dirname "$0")/support/cli_lib.sh" "$@"
 expect_py() { # description python-arguments...: the tool must exit 0
   local what=$1; shift
   if /usr/bin/python3 "$work/tool.py" "$@" >"$work/pyout" 2>&1; then ok; else bad "$what"; cat "$work/pyout" >&2; fi
@@ -311,5 +295,4 @@ expect_rc 0 "embed --help" "$mtl" embed --help
 expect_grep "MTLEMB1" "$work/out" "format documented in --help"
 expect_rc 0 "verify --help" "$mtl" verify --help
 
-echo "cli_embed_verify: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+cli_finish

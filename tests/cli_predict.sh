@@ -3,23 +3,7 @@
 # iterations on tiny PNGs with ImageData, then run through a deploy prototxt sharing its layer names;
 # text and JSON outputs, batching, the pixel transform against hand-computed values, and every error
 # path. Usage: cli_predict.sh MTL_BINARY SOURCE_DIR
-set -u
-mtl=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAILED: $*" >&2; }
-expect_rc() { # expected_rc description command...
-  local want=$1 what=$2; shift 2
-  "$@" >"$work/out" 2>"$work/err"
-  local rc=$?
-  if [ "$rc" -eq "$want" ]; then ok; else bad "$what: exit $rc, expected $want"; cat "$work/out" "$work/err" >&2; fi
-}
-expect_grep() { # pattern file description
-  if grep -q -- "$1" "$2"; then ok; else bad "$3: '$1' not in $2"; head -20 "$2" >&2; fi
-}
+. "$(dirname "$0")/support/cli_lib.sh" "$@"
 expect_py() { # description python-code args...: the code exits non-zero (or raises) on failure
   local what=$1 code=$2; shift 2
   if /usr/bin/python3 -c "$code" "$@" >"$work/py" 2>&1; then ok; else bad "$what"; cat "$work/py" >&2; fi
@@ -239,5 +223,4 @@ printf 'garbage' >"$work/bad.mtlsnap"
 expect_rc 1 "corrupt weights" "$mtl" predict --model "$work/deploy.prototxt" --weights "$work/bad.mtlsnap" "${imgs[0]}"
 expect_grep "bad.mtlsnap" "$work/err" "corrupt weights named"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+cli_finish

@@ -4,23 +4,7 @@
 # the image's quadrants, so the "predicted" points are known from the pixels). The drawn PNG is
 # decoded here and its size, dots and text panel checked; then the argument errors.
 # Usage: cli_predict_draw.sh MTL_BINARY SOURCE_DIR
-set -u
-mtl=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAILED: $*" >&2; }
-expect_rc() { # expected_rc description command...
-  local want=$1 what=$2; shift 2
-  "$@" >"$work/out" 2>"$work/err"
-  local rc=$?
-  if [ "$rc" -eq "$want" ]; then ok; else bad "$what: exit $rc, expected $want"; cat "$work/out" "$work/err" >&2; fi
-}
-expect_grep() { # pattern file description
-  if grep -q -- "$1" "$2"; then ok; else bad "$3: '$1' not in $2"; head -20 "$2" >&2; fi
-}
+. "$(dirname "$0")/support/cli_lib.sh" "$@"
 py=/usr/bin/python3
 cat >"$work/png.py" <<'EOF'
 # png.py write PATH W H v1,v2,... (grey) | png.py read PATH: prints "W H C" and keeps pixels for checks
@@ -173,5 +157,4 @@ expect_rc 2 "--draw onto a file" "$mtl" predict --model "$work/deploy_ok.prototx
   --draw "$work/file" "$work/q.png"
 expect_grep "not a directory" "$work/err" "--draw onto a file"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+cli_finish
