@@ -16,6 +16,7 @@
 #include <lmdb.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "data/db.h"
 #include "data/image.h"
 #include "data/record.h"
@@ -33,29 +34,6 @@ static const char *tmp_path(const char *name)
 }
 
 /* Removes a directory tree two levels deep (the databases' directories and their files). */
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) {
-        remove(dir);
-        return;
-    }
-    struct dirent *e;
-    char path[1024];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(path);
-        else
-            remove(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static int exists(const char *path)
 {
     struct stat st;
@@ -679,6 +657,6 @@ int main(void)
     test_image_errors();
     test_image_resize_and_chw();
     test_png_round_trip();
-    remove_tree(tmp_dir);
+    test_remove_tree(tmp_dir);
     return check_finish();
 }

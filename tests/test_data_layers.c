@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "core/net.h"
 #include "data/db.h"
 #include "data/image.h"
@@ -36,22 +37,6 @@ static char *tmp_path(const char *name)
 }
 
 /* Removes a directory tree (the test's temporary files). */
-static void remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        for (struct dirent *e; (e = readdir(d));) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char child[1024];
-            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
-            remove_tree(child);
-        }
-        closedir(d);
-    }
-    remove(path);
-}
-
 /* ---- writing test databases ----------------------------------------------------------------- */
 
 /* Pixel c,h,w of record i (as stored), and its label k (NaN where missing_every divides i + k). */
@@ -1070,6 +1055,6 @@ int main(void)
     test_memory_data();
     test_errors();
     test_prefetch_errors();
-    remove_tree(tmp_dir);
+    test_remove_tree(tmp_dir);
     return check_finish();
 }

@@ -12,6 +12,7 @@
 
 #include "balance/early_stop.h"
 #include "check.h"
+#include "test_util.h"
 #include "config/config.h"
 #include "data/db.h"
 #include "data/image.h"
@@ -28,37 +29,7 @@ static void check_values(const char *what, const float *got, const float *want, 
     }
 }
 
-static mtl_tensor *tensor_of(const int *shape, const float *values)
-{
-    int ndim = 0;
-    while (shape[ndim] > 0)
-        ndim++;
-    mtl_tensor *t = mtl_tensor_create("t");
-    mtl_error err;
-    if (mtl_tensor_reshape(t, ndim, shape, &err) != MTL_OK)
-        abort();
-    if (values)
-        memcpy(t->data, values, (size_t)t->count * sizeof(float));
-    return t;
-}
-
 /* Removes a directory tree (the test's temporary files). */
-static void remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        for (struct dirent *e; (e = readdir(d));) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char child[1024];
-            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
-            remove_tree(child);
-        }
-        closedir(d);
-    }
-    remove(path);
-}
-
 /* ---- the transforms ---------------------------------------------------------------------------- */
 
 /* Reads a transform_param body and sets it up for C x H x W images; 0 on failure (checked). */
@@ -483,9 +454,9 @@ static float forward_loss(const char *text, mtl_tensor **bs, int nb, mtl_layer *
 static void test_euclidean_weights(void)
 {
     const char *xy = "type: 'EuclideanLoss' euclidean_loss_param { coord_weight: 1 coord_weight: 2 }";
-    mtl_tensor *bs[3] = {tensor_of((int[]){2, 4, 0}, (float[]){1, 2, 3, 4, 0, 0, 1, 1}),
-                         tensor_of((int[]){2, 4, 0}, (float[]){0, 2, 5, NAN, 1, 1, 1, 1}),
-                         tensor_of((int[]){2, 4, 0}, (float[]){1, 1, 0.5f, 1, 2, 2, 2, 2})};
+    mtl_tensor *bs[3] = {test_tensor((int[]){2, 4, 0}, (float[]){1, 2, 3, 4, 0, 0, 1, 1}),
+                         test_tensor((int[]){2, 4, 0}, (float[]){0, 2, 5, NAN, 1, 1, 1, 1}),
+                         test_tensor((int[]){2, 4, 0}, (float[]){1, 1, 0.5f, 1, 2, 2, 2, 2})};
     mtl_layer *l = NULL;
     CHECK_NEAR(forward_loss(xy, bs, 2, &l), 2.0, 1e-6);
     if (l) {
@@ -522,7 +493,7 @@ static void test_euclidean_weights(void)
                7.0 / 3.5, 1e-6);
 
     /* every target missing: loss 0 and zero gradients, whatever the normalisation */
-    mtl_tensor *none[2] = {bs[0], tensor_of((int[]){2, 4, 0}, (float[]){NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN})};
+    mtl_tensor *none[2] = {bs[0], test_tensor((int[]){2, 4, 0}, (float[]){NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN})};
     CHECK_NEAR(forward_loss("type: 'EuclideanLoss' euclidean_loss_param { normalize_present: true }", none, 2, &l), 0,
                0);
     if (l) {
@@ -543,11 +514,11 @@ static void test_euclidean_weights(void)
                                 "coord_weight: 3 }",
                                 MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err),
                 &err, MTL_ERR_CONFIG, "do not divide the 4 values");
-    mtl_tensor *short_w = tensor_of((int[]){2, 3, 0}, NULL);
+    mtl_tensor *short_w = test_tensor((int[]){2, 3, 0}, NULL);
     mtl_tensor *bad3[3] = {bs[0], bs[1], short_w};
     CHECK_FAILS(gradcheck_build("type: 'EuclideanLoss'", MTL_PHASE_TRAIN, bad3, 3, &top, 1, &l, &err), &err,
                 MTL_ERR_SHAPE, "one value per prediction");
-    mtl_tensor *neg = tensor_of((int[]){2, 4, 0}, (float[]){1, 1, 1, 1, 1, -1, 1, 1});
+    mtl_tensor *neg = test_tensor((int[]){2, 4, 0}, (float[]){1, 1, 1, 1, 1, -1, 1, 1});
     mtl_tensor *negs[3] = {bs[0], bs[1], neg};
     l = NULL;
     CHECK_OK(gradcheck_build("type: 'EuclideanLoss'", MTL_PHASE_TRAIN, negs, 3, &top, 1, &l, &err), &err);
@@ -598,7 +569,7 @@ static void test_nme(void)
 {
     float target[18] = {0, 0, 3, 0, 0, 4, 0, 0, NAN, NAN, 6, 8, NAN, NAN, 1, 1, 2, 2};
     float pred[18] = {1, 0, 3, 2, 0, 4, 0.3f, 0.4f, 5, 5, 6, 8, 0, 0, 1, 1, 2, 2};
-    mtl_tensor *bs[2] = {tensor_of((int[]){3, 6, 0}, pred), tensor_of((int[]){3, 6, 0}, target)};
+    mtl_tensor *bs[2] = {test_tensor((int[]){3, 6, 0}, pred), test_tensor((int[]){3, 6, 0}, target)};
     mtl_tensor *tops[2] = {mtl_tensor_create("nme"), mtl_tensor_create("fail")};
     mtl_layer *l = NULL;
     mtl_error err = {0};
@@ -646,7 +617,7 @@ static void test_nme(void)
     CHECK_FAILS(gradcheck_build("type: 'NME' nme_param { norm_from: 0 norm_to: 3 }", MTL_PHASE_TEST, bs, 2, tops, 1,
                                 &l, &err),
                 &err, MTL_ERR_CONFIG, "not among the 3 points");
-    mtl_tensor *odd[2] = {tensor_of((int[]){2, 3, 0}, NULL), tensor_of((int[]){2, 3, 0}, NULL)};
+    mtl_tensor *odd[2] = {test_tensor((int[]){2, 3, 0}, NULL), test_tensor((int[]){2, 3, 0}, NULL)};
     CHECK_FAILS(gradcheck_build("type: 'NME' nme_param { norm_from: 0 norm_to: 1 }", MTL_PHASE_TEST, odd, 2, tops, 1,
                                 &l, &err),
                 &err, MTL_ERR_SHAPE, "not (x, y) pairs");
@@ -849,7 +820,7 @@ int main(void)
     if (mkdtemp(dir)) {
         test_image_data_landmarks(dir);
         test_data_landmarks(dir);
-        remove_tree(dir);
+        test_remove_tree(dir);
     } else {
         CHECK_MSG(0, "mkdtemp %s failed", dir);
     }

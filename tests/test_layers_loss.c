@@ -7,25 +7,12 @@
 #include <string.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "gradcheck.h"
 #include "layers/labels.h"
 
 #define LN2 0.69314718055994531
 #define LN3 1.09861228866810969
-
-static mtl_tensor *tensor_of(const int *shape, const float *values)
-{
-    int ndim = 0;
-    while (shape[ndim] > 0)
-        ndim++;
-    mtl_tensor *t = mtl_tensor_create("t");
-    mtl_error err;
-    if (mtl_tensor_reshape(t, ndim, shape, &err) != MTL_OK)
-        abort();
-    if (values)
-        memcpy(t->data, values, (size_t)t->count * sizeof(float));
-    return t;
-}
 
 static void check_values(const char *what, const float *got, const float *want, int n, double tol)
 {
@@ -132,7 +119,7 @@ static void test_softmax(void)
     mtl_error err;
     mtl_layer *l = NULL;
     /* [1 2 3] -> [e^-2, e^-1, 1] / (e^-2 + e^-1 + 1); [1000 1000 -1000] must not overflow */
-    mtl_tensor *x = tensor_of((int[]){2, 3, 0}, (float[]){1, 2, 3, 1000, 1000, -1000});
+    mtl_tensor *x = test_tensor((int[]){2, 3, 0}, (float[]){1, 2, 3, 1000, 1000, -1000});
     mtl_tensor *y = mtl_tensor_create("y");
     CHECK_OK(gradcheck_build("type: 'Softmax'", MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err), &err);
     if (l)
@@ -157,7 +144,7 @@ static void test_softmax(void)
     gradcheck_free_layer(l);
 
     /* a blob big enough for threads: every position sums to 1 and matches the plain formula */
-    mtl_tensor *big = tensor_of((int[]){64, 10, 31, 0}, NULL), *big_y = mtl_tensor_create("y");
+    mtl_tensor *big = test_tensor((int[]){64, 10, 31, 0}, NULL), *big_y = mtl_tensor_create("y");
     gradcheck_fill(big, -5, 5, 9);
     CHECK_OK(gradcheck_build("type: 'Softmax'", MTL_PHASE_TRAIN, &big, 1, &big_y, 1, &l, &err), &err);
     if (l) {
@@ -205,8 +192,8 @@ static const float spatial_scores[12] = {0, 0, 0, (float)LN2, 0, 0, (float)LN2, 
 static void test_softmax_loss_values(void)
 {
     const double ln12 = LN3 + 2 * LN2;
-    mtl_tensor *bs[2] = {tensor_of((int[]){2, 3, 2, 0}, spatial_scores),
-                         tensor_of((int[]){2, 1, 2, 0}, (float[]){0, 1, 0, -1})};
+    mtl_tensor *bs[2] = {test_tensor((int[]){2, 3, 2, 0}, spatial_scores),
+                         test_tensor((int[]){2, 1, 2, 0}, (float[]){0, 1, 0, -1})};
     CHECK_NEAR(loss_of("type: 'SoftmaxWithLoss' loss_param { ignore_label: -1 }", bs, 2), ln12 / 3, 1e-6);
     CHECK_NEAR(loss_of("type: 'SoftmaxWithLoss' loss_param { ignore_label: -1 normalization: VALID }", bs, 2),
                ln12 / 3, 1e-6);
@@ -237,7 +224,7 @@ static void test_softmax_loss_values(void)
     CHECK_NEAR(loss_of("type: 'SoftmaxWithLoss'", bs, 2), 0.0, 0);
 
     /* all valid, labels as N x positions: ln3 + ln2 + ln2 + ln3 (label 2 at [0 0 0]) over 4 */
-    mtl_tensor *flat_labels = tensor_of((int[]){2, 2, 0}, (float[]){0, 1, 0, 2});
+    mtl_tensor *flat_labels = test_tensor((int[]){2, 2, 0}, (float[]){0, 1, 0, 2});
     mtl_tensor *bs2[2] = {bs[0], flat_labels};
     CHECK_NEAR(loss_of("type: 'SoftmaxWithLoss'", bs2, 2), (2 * LN3 + 2 * LN2) / 4, 1e-6);
     CHECK_NEAR(loss_of("type: 'SoftmaxWithLoss' loss_param { normalization: BATCH_SIZE }", bs2, 2),
@@ -245,8 +232,8 @@ static void test_softmax_loss_values(void)
     mtl_tensor_free(flat_labels);
 
     /* a hopeless prediction: p(label) underflows to 0 and Caffe's floor FLT_MIN keeps the loss finite */
-    mtl_tensor *hard[2] = {tensor_of((int[]){1, 3, 0}, (float[]){1000, 0, -1000}),
-                           tensor_of((int[]){1, 0}, (float[]){2})};
+    mtl_tensor *hard[2] = {test_tensor((int[]){1, 3, 0}, (float[]){1000, 0, -1000}),
+                           test_tensor((int[]){1, 0}, (float[]){2})};
     CHECK_NEAR(loss_of("type: 'SoftmaxWithLoss'", hard, 2), -log((double)FLT_MIN), 1e-3);
     hard[1]->data[0] = 0;
     CHECK_NEAR(loss_of("type: 'SoftmaxWithLoss'", hard, 2), 0.0, 1e-6);
@@ -260,8 +247,8 @@ static void test_softmax_loss_backward(void)
 {
     mtl_error err;
     mtl_layer *l = NULL;
-    mtl_tensor *bs[2] = {tensor_of((int[]){2, 3, 2, 0}, spatial_scores),
-                         tensor_of((int[]){2, 1, 2, 0}, (float[]){0, 1, 0, MTL_LABEL_MISSING})};
+    mtl_tensor *bs[2] = {test_tensor((int[]){2, 3, 2, 0}, spatial_scores),
+                         test_tensor((int[]){2, 1, 2, 0}, (float[]){0, 1, 0, MTL_LABEL_MISSING})};
     mtl_tensor *tops[2] = {mtl_tensor_create("loss"), mtl_tensor_create("prob")};
     CHECK_OK(gradcheck_build("type: 'SoftmaxWithLoss'", MTL_PHASE_TRAIN, bs, 2, tops, 2, &l, &err), &err);
     if (!l)
@@ -308,19 +295,19 @@ static void test_softmax_loss_errors(void)
     mtl_error err;
     mtl_layer *l = NULL;
     mtl_tensor *top = mtl_tensor_create("loss");
-    mtl_tensor *scores = tensor_of((int[]){2, 3, 2, 0}, spatial_scores);
-    mtl_tensor *labels = tensor_of((int[]){2, 3, 0}, NULL);
+    mtl_tensor *scores = test_tensor((int[]){2, 3, 2, 0}, spatial_scores);
+    mtl_tensor *labels = test_tensor((int[]){2, 3, 0}, NULL);
     mtl_tensor *bs[2] = {scores, labels};
     CHECK_FAILS(gradcheck_build("type: 'SoftmaxWithLoss'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err,
                 MTL_ERR_SHAPE, "6 labels (bottom 1, 2x3) for 4 predictions (bottom 0, 2x3x2, softmax axis 1)");
-    mtl_tensor *other_batch = tensor_of((int[]){4, 0}, NULL);
+    mtl_tensor *other_batch = test_tensor((int[]){4, 0}, NULL);
     bs[1] = other_batch;
     CHECK_FAILS(gradcheck_build("type: 'SoftmaxWithLoss'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err,
                 MTL_ERR_SHAPE, "same first dimension");
     mtl_tensor_free(other_batch);
 
     /* labels are checked at forward: out of [0, C), and not ignored */
-    mtl_tensor *spatial = tensor_of((int[]){2, 1, 2, 0}, (float[]){0, 1, 2, -1});
+    mtl_tensor *spatial = test_tensor((int[]){2, 1, 2, 0}, (float[]){0, 1, 2, -1});
     bs[1] = spatial;
     CHECK_OK(gradcheck_build("type: 'SoftmaxWithLoss'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err);
     if (l) {
@@ -333,8 +320,8 @@ static void test_softmax_loss_errors(void)
         CHECK_OK(run_forward(l, &err), &err);
     }
     gradcheck_free_layer(l);
-    mtl_tensor *flat_scores = tensor_of((int[]){2, 3, 0}, NULL);
-    mtl_tensor *flat_labels = tensor_of((int[]){2, 0}, (float[]){1, 7});
+    mtl_tensor *flat_scores = test_tensor((int[]){2, 3, 0}, NULL);
+    mtl_tensor *flat_labels = test_tensor((int[]){2, 0}, (float[]){1, 7});
     mtl_tensor *fb[2] = {flat_scores, flat_labels};
     CHECK_OK(gradcheck_build("type: 'SoftmaxWithLoss' loss_param { ignore_label: 255 }", MTL_PHASE_TRAIN, fb, 2, &top,
                              1, &l, &err),
@@ -371,8 +358,8 @@ static void test_softmax_loss_errors(void)
 static void test_sigmoid_ce(void)
 {
     const double sum = log(32.0 / 3.0);
-    mtl_tensor *bs[2] = {tensor_of((int[]){2, 2, 0}, (float[]){0, (float)LN3, (float)-LN3, 2}),
-                         tensor_of((int[]){2, 2, 0}, (float[]){1, 0, 0, MTL_LABEL_MISSING})};
+    mtl_tensor *bs[2] = {test_tensor((int[]){2, 2, 0}, (float[]){0, (float)LN3, (float)-LN3, 2}),
+                         test_tensor((int[]){2, 2, 0}, (float[]){1, 0, 0, MTL_LABEL_MISSING})};
     CHECK_NEAR(loss_of("type: 'SigmoidCrossEntropyLoss'", bs, 2), sum / 2, 1e-6); /* BATCH_SIZE by default */
     CHECK_NEAR(loss_of("type: 'SigmoidCrossEntropyLoss' loss_param { normalization: VALID }", bs, 2), sum / 3, 1e-6);
     CHECK_NEAR(loss_of("type: 'SigmoidCrossEntropyLoss' loss_param { normalization: FULL }", bs, 2), sum / 4, 1e-6);
@@ -405,11 +392,11 @@ static void test_sigmoid_ce(void)
     gradcheck_free_layer(l);
 
     /* large logits stay finite: x = 100, t = 0 and x = -100, t = 1 each cost 100 */
-    mtl_tensor *big[2] = {tensor_of((int[]){2, 1, 0}, (float[]){100, -100}),
-                          tensor_of((int[]){2, 1, 0}, (float[]){0, 1})};
+    mtl_tensor *big[2] = {test_tensor((int[]){2, 1, 0}, (float[]){100, -100}),
+                          test_tensor((int[]){2, 1, 0}, (float[]){0, 1})};
     CHECK_NEAR(loss_of("type: 'SigmoidCrossEntropyLoss'", big, 2), 100.0, 1e-3);
 
-    mtl_tensor *odd = tensor_of((int[]){2, 3, 0}, NULL);
+    mtl_tensor *odd = test_tensor((int[]){2, 3, 0}, NULL);
     mtl_tensor *mismatch[2] = {bs[0], odd};
     CHECK_FAILS(gradcheck_build("type: 'SigmoidCrossEntropyLoss'", MTL_PHASE_TRAIN, mismatch, 2, &top, 1, &l, &err),
                 &err, MTL_ERR_SHAPE, "must have the same count");
@@ -427,8 +414,8 @@ static void test_sigmoid_ce(void)
  * 1.25. Gradients: a gets (a - b) / N = [0.5 0 -1 0], b the negative. */
 static void test_euclidean(void)
 {
-    mtl_tensor *bs[2] = {tensor_of((int[]){2, 2, 0}, (float[]){1, 2, 3, 4}),
-                         tensor_of((int[]){2, 2, 0}, (float[]){0, 2, 5, MTL_LABEL_MISSING})};
+    mtl_tensor *bs[2] = {test_tensor((int[]){2, 2, 0}, (float[]){1, 2, 3, 4}),
+                         test_tensor((int[]){2, 2, 0}, (float[]){0, 2, 5, MTL_LABEL_MISSING})};
     CHECK_NEAR(loss_of("type: 'EuclideanLoss'", bs, 2), 1.25, 1e-6);
     mtl_error err;
     mtl_layer *l = NULL;
@@ -442,7 +429,7 @@ static void test_euclidean(void)
         check_values("euclidean grad b", bs[1]->grad, (float[]){-0.5f, 0, 1, 0}, 4, 1e-6);
     }
     gradcheck_free_layer(l);
-    mtl_tensor *odd = tensor_of((int[]){2, 3, 0}, NULL);
+    mtl_tensor *odd = test_tensor((int[]){2, 3, 0}, NULL);
     mtl_tensor *mismatch[2] = {bs[0], odd};
     CHECK_FAILS(gradcheck_build("type: 'EuclideanLoss'", MTL_PHASE_TRAIN, mismatch, 2, &top, 1, &l, &err), &err,
                 MTL_ERR_SHAPE, "same dimension");
@@ -468,7 +455,7 @@ static void test_accuracy(void)
 {
     mtl_error err;
     mtl_layer *l = NULL;
-    mtl_tensor *bs[2] = {tensor_of((int[]){4, 4, 0}, acc_scores), tensor_of((int[]){4, 0}, (float[]){1, 2, 1, 0})};
+    mtl_tensor *bs[2] = {test_tensor((int[]){4, 4, 0}, acc_scores), test_tensor((int[]){4, 0}, (float[]){1, 2, 1, 0})};
     mtl_tensor *tops[2] = {mtl_tensor_create("acc"), mtl_tensor_create("per_class")};
     CHECK_NEAR(loss_of("type: 'Accuracy'", bs, 2), 0.5, 1e-7);
     CHECK_NEAR(loss_of("type: 'Accuracy' accuracy_param { top_k: 2 }", bs, 2), 0.75, 1e-7);
@@ -500,8 +487,8 @@ static void test_accuracy(void)
     gradcheck_free_layer(l);
 
     /* over positions: scores 1 x 3 classes x 2 positions, c0 [1 0], c1 [0 0], c2 [0 1] */
-    mtl_tensor *sp[2] = {tensor_of((int[]){1, 3, 2, 0}, (float[]){1, 0, 0, 0, 0, 1}),
-                         tensor_of((int[]){1, 2, 0}, (float[]){0, 2})};
+    mtl_tensor *sp[2] = {test_tensor((int[]){1, 3, 2, 0}, (float[]){1, 0, 0, 0, 0, 1}),
+                         test_tensor((int[]){1, 2, 0}, (float[]){0, 2})};
     CHECK_NEAR(loss_of("type: 'Accuracy'", sp, 2), 1.0, 1e-7);
     sp[1]->data[1] = 1; /* true class 1 scores 0 at position 1: c0 ties it, c2 beats it */
     CHECK_NEAR(loss_of("type: 'Accuracy'", sp, 2), 0.5, 1e-7);
@@ -514,7 +501,7 @@ static void test_accuracy(void)
     CHECK_FAILS(gradcheck_build("type: 'Accuracy' accuracy_param { top_k: 0 }", MTL_PHASE_TEST, bs, 2, tops, 1, &l,
                                 &err),
                 &err, MTL_ERR_CONFIG, "top_k");
-    mtl_tensor *wrong = tensor_of((int[]){3, 0}, NULL);
+    mtl_tensor *wrong = test_tensor((int[]){3, 0}, NULL);
     mtl_tensor *mismatch[2] = {bs[0], wrong};
     CHECK_FAILS(gradcheck_build("type: 'Accuracy'", MTL_PHASE_TEST, mismatch, 2, tops, 1, &l, &err), &err,
                 MTL_ERR_SHAPE, "3 labels (bottom 1, 3) for 4 predictions");

@@ -6,22 +6,9 @@
 #include <string.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "gradcheck.h"
 #include "layers/labels.h"
-
-static mtl_tensor *tensor_of(const int *shape, const float *values)
-{
-    int ndim = 0;
-    while (shape[ndim] > 0)
-        ndim++;
-    mtl_tensor *t = mtl_tensor_create("t");
-    mtl_error err;
-    if (mtl_tensor_reshape(t, ndim, shape, &err) != MTL_OK)
-        abort();
-    if (values)
-        memcpy(t->data, values, (size_t)t->count * sizeof(float));
-    return t;
-}
 
 static void free_all(mtl_tensor **t, int n)
 {
@@ -255,9 +242,9 @@ static void test_gradients(void)
  *   DEEPID2: the sum 0.25 (no 1/N) */
 static void test_contrastive(void)
 {
-    mtl_tensor *a = tensor_of((int[]){3, 2, 0}, (float[]){0, 0, 0, 0, 0, 0});
-    mtl_tensor *b = tensor_of((int[]){3, 2, 0}, (float[]){0.3f, 0.4f, 0.3f, 0.4f, 3, 4});
-    mtl_tensor *y = tensor_of((int[]){3, 0}, (float[]){1, 0, 0});
+    mtl_tensor *a = test_tensor((int[]){3, 2, 0}, (float[]){0, 0, 0, 0, 0, 0});
+    mtl_tensor *b = test_tensor((int[]){3, 2, 0}, (float[]){0.3f, 0.4f, 0.3f, 0.4f, 3, 4});
+    mtl_tensor *y = test_tensor((int[]){3, 0}, (float[]){1, 0, 0});
     mtl_tensor *bs[3] = {a, b, y};
     CHECK_NEAR(loss_of("type: 'ContrastiveLoss'", bs, 3), 0.25 / 3, 1e-6);
     CHECK_NEAR(loss_of("type: 'ContrastiveLoss' contrastive_loss_param { margin: 1 form: CAFFE }", bs, 3), 0.25 / 3,
@@ -336,15 +323,15 @@ static void test_contrastive(void)
     check_build_fails("type: 'ContrastiveLoss' contrastive_loss_param { margn: 1 }", bs, 3, 1, MTL_ERR_CONFIG,
                       "margn");
     check_build_fails("type: 'ContrastiveLoss'", bs, 2, 1, MTL_ERR_CONFIG, "takes 3 bottom blob(s), 2 given");
-    mtl_tensor *y2 = tensor_of((int[]){2, 0}, (float[]){1, 0});
+    mtl_tensor *y2 = test_tensor((int[]){2, 0}, (float[]){1, 0});
     mtl_tensor *bad_labels[3] = {a, b, y2};
     check_build_fails("type: 'ContrastiveLoss'", bad_labels, 3, 1, MTL_ERR_SHAPE,
                       "must hold one value per sample: 3 expected, 2 given");
-    mtl_tensor *b3 = tensor_of((int[]){3, 3, 0}, NULL);
+    mtl_tensor *b3 = test_tensor((int[]){3, 3, 0}, NULL);
     mtl_tensor *bad_b[3] = {a, b3, y};
     check_build_fails("type: 'ContrastiveLoss'", bad_b, 3, 1, MTL_ERR_SHAPE,
                       "the two features of a pair must have the same shape: bottom 0 is 3x2, bottom 1 is 3x3");
-    mtl_tensor *b4 = tensor_of((int[]){4, 2, 0}, NULL);
+    mtl_tensor *b4 = test_tensor((int[]){4, 2, 0}, NULL);
     mtl_tensor *bad_n[3] = {a, b4, y};
     check_build_fails("type: 'ContrastiveLoss'", bad_n, 3, 1, MTL_ERR_SHAPE, "bottom 0 is 3x2, bottom 1 is 4x2");
     mtl_tensor *all[] = {a, b, y, y2, b3, b4};
@@ -362,9 +349,9 @@ static void test_contrastive(void)
  * 2 (a - n) / 3 = (0, -2/3); t1 inactive: 0. */
 static void test_triplet_given(void)
 {
-    mtl_tensor *a = tensor_of((int[]){3, 2, 0}, (float[]){0, 0, 0, 0, 1, 1});
-    mtl_tensor *p = tensor_of((int[]){3, 2, 0}, (float[]){1, 0, 0, 0.1f, 1.5f, 1});
-    mtl_tensor *n = tensor_of((int[]){3, 2, 0}, (float[]){0, 1, 0, 3, 1.6f, 1});
+    mtl_tensor *a = test_tensor((int[]){3, 2, 0}, (float[]){0, 0, 0, 0, 1, 1});
+    mtl_tensor *p = test_tensor((int[]){3, 2, 0}, (float[]){1, 0, 0, 0.1f, 1.5f, 1});
+    mtl_tensor *n = test_tensor((int[]){3, 2, 0}, (float[]){0, 1, 0, 3, 1.6f, 1});
     mtl_tensor *bs[3] = {a, p, n};
     float frac = NAN;
     CHECK_NEAR(loss2_of("type: 'TripletLoss'", bs, 3, 2, &frac), 0.29 / 3, 1e-6);
@@ -389,7 +376,7 @@ static void test_triplet_given(void)
     CHECK_NEAR(grad[1], -2.0 / 3, 1e-6);
 
     /* errors */
-    mtl_tensor *n3 = tensor_of((int[]){3, 3, 0}, NULL);
+    mtl_tensor *n3 = test_tensor((int[]){3, 3, 0}, NULL);
     mtl_tensor *bad[3] = {a, p, n3};
     check_build_fails("type: 'TripletLoss'", bad, 3, 1, MTL_ERR_SHAPE,
                       "anchor (bottom 0, 3x2), positive (bottom 1, 3x2) and negative (bottom 2, 3x3) must have the "
@@ -437,8 +424,8 @@ static void test_triplet_given(void)
 static void test_triplet_mined(void)
 {
     /* a seventh sample at 0.52 whose label is missing: it would be the nearest of many, but takes no part */
-    mtl_tensor *x = tensor_of((int[]){7, 1, 0}, (float[]){0, 0.5f, 0.6f, 3, 0.05f, 7, 0.52f});
-    mtl_tensor *y = tensor_of((int[]){7, 0}, (float[]){0, 0, 1, 1, 1, 2, MTL_LABEL_MISSING});
+    mtl_tensor *x = test_tensor((int[]){7, 1, 0}, (float[]){0, 0.5f, 0.6f, 3, 0.05f, 7, 0.52f});
+    mtl_tensor *y = test_tensor((int[]){7, 0}, (float[]){0, 0, 1, 1, 1, 2, MTL_LABEL_MISSING});
     mtl_tensor *bs[2] = {x, y};
     float frac = NAN;
     CHECK_NEAR(loss2_of("type: 'TripletLoss' triplet_loss_param { mining: ALL distance: EUCLIDEAN margin: 0.5 }", bs,
@@ -484,7 +471,7 @@ static void test_triplet_mined(void)
         CHECK_MSG(fabsf(grad[i] - want[i]) < 1e-6f, "batch-hard grad[%d] = %g, expected %g", i, grad[i], want[i]);
 
     /* a batch without any positive pair: no triplet, loss 0 and fraction 0 */
-    mtl_tensor *y_distinct = tensor_of((int[]){7, 0}, (float[]){0, 1, 2, 3, 4, 5, 6});
+    mtl_tensor *y_distinct = test_tensor((int[]){7, 0}, (float[]){0, 1, 2, 3, 4, 5, 6});
     mtl_tensor *bd[2] = {x, y_distinct};
     CHECK_NEAR(loss2_of("type: 'TripletLoss' triplet_loss_param { mining: ALL }", bd, 2, 2, &frac), 0.0, 0);
     CHECK_NEAR(frac, 0.0, 0);
@@ -498,7 +485,7 @@ static void test_triplet_mined(void)
                       2, 1, MTL_ERR_UNSUPPORTED, "loss_param normalization is not supported");
     check_build_fails("type: 'TripletLoss' triplet_loss_param { mining: ALL }", bs, 2, 3, MTL_ERR_CONFIG,
                       "produces 1 to 2 top blobs, 3 given");
-    mtl_tensor *y_short = tensor_of((int[]){6, 0}, NULL);
+    mtl_tensor *y_short = test_tensor((int[]){6, 0}, NULL);
     mtl_tensor *bad[2] = {x, y_short};
     check_build_fails("type: 'TripletLoss' triplet_loss_param { mining: ALL }", bad, 2, 1, MTL_ERR_SHAPE,
                       "labels (bottom 1, 6) must hold one value per sample: 7 expected, 6 given");
@@ -516,8 +503,8 @@ static void test_triplet_mined(void)
  * DEEPID2: 3.49; LEGACY: dissimilar 1/2 max(1 - d^2, 0): (0,2) 0.32, (1,2) 0.495: 3.82 / 6. */
 static void test_pair(void)
 {
-    mtl_tensor *x = tensor_of((int[]){5, 1, 0}, (float[]){0, 0.5f, 0.6f, 3, 0.55f});
-    mtl_tensor *y = tensor_of((int[]){5, 0}, (float[]){0, 0, 1, 1, MTL_LABEL_MISSING});
+    mtl_tensor *x = test_tensor((int[]){5, 1, 0}, (float[]){0, 0.5f, 0.6f, 3, 0.55f});
+    mtl_tensor *y = test_tensor((int[]){5, 0}, (float[]){0, 0, 1, 1, MTL_LABEL_MISSING});
     mtl_tensor *bs[2] = {x, y};
     float used = NAN;
     CHECK_NEAR(loss2_of("type: 'PairLoss'", bs, 2, 2, &used), 3.49 / 6, 1e-6);
@@ -569,7 +556,7 @@ static void test_pair(void)
                       "legacy_version");
     check_build_fails("type: 'PairLoss' loss_param { normalize: true }", bs, 2, 1, MTL_ERR_UNSUPPORTED,
                       "PairLoss averages over the pairs it uses");
-    mtl_tensor *y2 = tensor_of((int[]){5, 2, 0}, NULL);
+    mtl_tensor *y2 = test_tensor((int[]){5, 2, 0}, NULL);
     mtl_tensor *bad[2] = {x, y2};
     check_build_fails("type: 'PairLoss'", bad, 2, 1, MTL_ERR_SHAPE, "5 expected, 10 given");
     mtl_tensor *all[] = {x, y, y2};
@@ -583,7 +570,7 @@ static void test_l2_normalize(void)
     mtl_error err;
     mtl_layer *l = NULL;
     /* (3, 4) / 5; a zero sample stays zero (eps keeps it finite); (1, 2, 2) over 3 axes / 3 */
-    mtl_tensor *x = tensor_of((int[]){3, 1, 3, 0}, (float[]){3, 4, 0, 0, 0, 0, 1, 2, 2});
+    mtl_tensor *x = test_tensor((int[]){3, 1, 3, 0}, (float[]){3, 4, 0, 0, 0, 0, 1, 2, 2});
     mtl_tensor *y = mtl_tensor_create("y");
     static const float want[9] = {0.6f, 0.8f, 0, 0, 0, 0, 1.0f / 3, 2.0f / 3, 2.0f / 3};
     CHECK_OK(gradcheck_build("type: 'L2Normalize'", MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err), &err);
@@ -619,7 +606,7 @@ static void test_l2_normalize(void)
     }
     gradcheck_free_layer(l);
     /* a blob big enough for threads: each row matches the plain formulas forward and backward */
-    mtl_tensor *big = tensor_of((int[]){64, 600, 0}, NULL), *big_y = mtl_tensor_create("y");
+    mtl_tensor *big = test_tensor((int[]){64, 600, 0}, NULL), *big_y = mtl_tensor_create("y");
     gradcheck_fill(big, -2, 2, 17);
     CHECK_OK(gradcheck_build("type: 'L2Normalize'", MTL_PHASE_TRAIN, &big, 1, &big_y, 1, &l, &err), &err);
     if (l) {

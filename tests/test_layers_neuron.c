@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "core/layer.h"
 #include "gradcheck.h"
 
@@ -18,19 +19,6 @@
         gradcheck_case c_ = {__VA_ARGS__};                                                                             \
         CHECK_MSG(gradcheck_run(label, &c_) == 0, "gradcheck %s", label);                                              \
     } while (0)
-
-static mtl_tensor *tensor_of(int ndim, const int *shape, const float *values)
-{
-    mtl_error err;
-    mtl_tensor *t = mtl_tensor_create("t");
-    if (mtl_tensor_reshape(t, ndim, shape, &err) != MTL_OK) {
-        fprintf(stderr, "%s\n", err.message);
-        exit(1);
-    }
-    if (values)
-        memcpy(t->data, values, (size_t)t->count * sizeof(float));
-    return t;
-}
 
 static void test_gradients(void)
 {
@@ -101,7 +89,7 @@ static void forward(mtl_layer *l)
 static void test_relu_values(void)
 {
     const float xs[6] = {-2.0f, -0.5f, 0.0f, 1.0f, 3.0f, -10.0f};
-    mtl_tensor *x = tensor_of(2, (int[]){2, 3}, xs), *y;
+    mtl_tensor *x = test_tensor_n(2, (int[]){2, 3}, xs), *y;
     mtl_layer *l = build1("name: 'r' type: 'ReLU' relu_param { negative_slope: 0.1 }", MTL_PHASE_TRAIN, x, &y, 0);
     if (!l)
         return;
@@ -141,7 +129,7 @@ static void test_prelu_values(void)
 {
     /* N=1, C=2, 2 values per channel; default slopes 0.25 */
     const float xs[4] = {-4.0f, 2.0f, 1.0f, -8.0f};
-    mtl_tensor *x = tensor_of(3, (int[]){1, 2, 2}, xs), *y;
+    mtl_tensor *x = test_tensor_n(3, (int[]){1, 2, 2}, xs), *y;
     mtl_layer *l = build1("name: 'p' type: 'PReLU'", MTL_PHASE_TRAIN, x, &y, 0);
     if (!l)
         return;
@@ -191,7 +179,7 @@ static void test_prelu_values(void)
 static void test_sigmoid_tanh_values(void)
 {
     const float xs[3] = {0.0f, 2.0f, -1.0f};
-    mtl_tensor *x = tensor_of(1, (int[]){3}, xs), *y;
+    mtl_tensor *x = test_tensor_n(1, (int[]){3}, xs), *y;
     mtl_layer *l = build1("name: 's' type: 'Sigmoid'", MTL_PHASE_TRAIN, x, &y, 0);
     if (!l)
         return;
@@ -224,7 +212,7 @@ static void test_sigmoid_tanh_values(void)
 static void test_dropout_values(void)
 {
     enum { N = 100000 };
-    mtl_tensor *x = tensor_of(2, (int[]){N / 10, 10}, NULL), *y;
+    mtl_tensor *x = test_tensor_n(2, (int[]){N / 10, 10}, NULL), *y;
     for (int i = 0; i < N; i++)
         x->data[i] = 1.0f + (float)(i % 7);
 
@@ -306,7 +294,7 @@ static void test_dropout_values(void)
 
     /* channel_wise: whole N x C channels kept or dropped together */
     enum { CN = 50, CC = 40, CS = 9 };
-    x = tensor_of(4, (int[]){CN, CC, 3, 3}, NULL);
+    x = test_tensor_n(4, (int[]){CN, CC, 3, 3}, NULL);
     for (int i = 0; i < CN * CC * CS; i++)
         x->data[i] = 1.0f;
     l = build1("name: 'd' type: 'Dropout' dropout_param { channel_wise: true dropout_ratio: 0.5 }", MTL_PHASE_TRAIN,
@@ -335,7 +323,7 @@ static void test_determinism(void)
 {
 #ifdef MTL_OPENMP
     int shape[4] = {8, 16, 33, 31};
-    mtl_tensor *x = tensor_of(4, shape, NULL), *y;
+    mtl_tensor *x = test_tensor_n(4, shape, NULL), *y;
     gradcheck_fill(x, -1, 1, 5);
     float grads[2];
     float sample[2];
@@ -367,7 +355,7 @@ static void test_determinism(void)
 static void expect_build_error(const char *text, int ndim, const int *shape, mtl_status status, const char *needle)
 {
     mtl_error err = {0};
-    mtl_tensor *x = tensor_of(ndim, shape, NULL), *y = mtl_tensor_create("top");
+    mtl_tensor *x = test_tensor_n(ndim, shape, NULL), *y = mtl_tensor_create("top");
     mtl_layer *l = NULL;
     CHECK_FAILS(gradcheck_build(text, MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err), &err, status, needle);
     gradcheck_free_layer(l);

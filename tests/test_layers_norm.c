@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "core/layer.h"
 #include "gradcheck.h"
 
@@ -20,19 +21,6 @@
     } while (0)
 
 #define UNIFORM_FILLER "filler { type: 'uniform' min: -1.5 max: 1.5 }"
-
-static mtl_tensor *tensor_of(int ndim, const int *shape, const float *values)
-{
-    mtl_error err;
-    mtl_tensor *t = mtl_tensor_create("t");
-    if (mtl_tensor_reshape(t, ndim, shape, &err) != MTL_OK) {
-        fprintf(stderr, "%s\n", err.message);
-        exit(1);
-    }
-    if (values)
-        memcpy(t->data, values, (size_t)t->count * sizeof(float));
-    return t;
-}
 
 static void forward(mtl_layer *l)
 {
@@ -83,7 +71,7 @@ static void test_batch_norm_values(void)
 {
     mtl_error err = {0};
     int shape[3] = {2, 2, 2};
-    mtl_tensor *x = tensor_of(3, shape, bn_batch1), *y = mtl_tensor_create("top");
+    mtl_tensor *x = test_tensor_n(3, shape, bn_batch1), *y = mtl_tensor_create("top");
     mtl_layer *l = NULL;
     CHECK_OK(gradcheck_build("name: 'bn' type: 'BatchNorm' batch_norm_param { moving_average_fraction: 0.5 eps: 0 }",
                              MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err),
@@ -129,7 +117,7 @@ static void test_batch_norm_values(void)
     CHECK_NEAR(l->params[1]->data[1], 4.0 / 3.0, 1e-5);
 
     /* a TEST layer over these statistics: mean = [3, 2] / 1.5 = [2, 4/3], var = [14/4.5, 4/4.5] */
-    mtl_tensor *x2 = tensor_of(3, shape, bn_batch1), *y2 = mtl_tensor_create("top");
+    mtl_tensor *x2 = test_tensor_n(3, shape, bn_batch1), *y2 = mtl_tensor_create("top");
     mtl_layer *t = NULL;
     CHECK_OK(gradcheck_build("name: 'bn' type: 'BatchNorm' batch_norm_param { eps: 0.1 }", MTL_PHASE_TEST, &x2, 1,
                              &y2, 1, &t, &err),
@@ -235,7 +223,7 @@ static void test_scale_bias_values(void)
     mtl_error err = {0};
     /* x (2 x 3) * s (3) + b (3) */
     const float xs[6] = {1, 2, 3, 4, 5, 6}, ss[3] = {2, -1, 0.5f};
-    mtl_tensor *bottoms[2] = {tensor_of(2, (int[]){2, 3}, xs), tensor_of(1, (int[]){3}, ss)};
+    mtl_tensor *bottoms[2] = {test_tensor_n(2, (int[]){2, 3}, xs), test_tensor_n(1, (int[]){3}, ss)};
     mtl_tensor *y = mtl_tensor_create("top");
     mtl_layer *l = NULL;
     CHECK_OK(gradcheck_build("name: 's' type: 'Scale' scale_param { bias_term: true bias_filler { type: 'constant' "
@@ -304,7 +292,7 @@ static void test_lrn_values(void)
     const float xs[3] = {1, 2, 3};
     /* ACROSS_CHANNELS, n = 3, alpha = 3 (alpha / n = 1), beta = 1, k = 1, x = [1, 2, 3] over channels:
      * base = [1 + 1 + 4, 1 + 1 + 4 + 9, 1 + 4 + 9] = [6, 15, 14], y = [1/6, 2/15, 3/14] */
-    mtl_tensor *x = tensor_of(4, (int[]){1, 3, 1, 1}, xs), *y = mtl_tensor_create("top");
+    mtl_tensor *x = test_tensor_n(4, (int[]){1, 3, 1, 1}, xs), *y = mtl_tensor_create("top");
     mtl_layer *l = NULL;
     CHECK_OK(gradcheck_build("name: 'n' type: 'LRN' lrn_param { local_size: 3 alpha: 3 beta: 1 }", MTL_PHASE_TRAIN,
                              &x, 1, &y, 1, &l, &err),
@@ -330,7 +318,7 @@ static void test_lrn_values(void)
     mtl_tensor_free(x);
     /* WITHIN_CHANNEL, n = 3, alpha = 9 (alpha / n^2 = 1), beta = 1, over a row [1, 2, 3]: the 3 x 3
      * windows hold {1, 2}, {1, 2, 3}, {2, 3}: base = 1 + [5, 14, 13] (Caffe adds 1, not k) */
-    x = tensor_of(4, (int[]){1, 1, 1, 3}, xs);
+    x = test_tensor_n(4, (int[]){1, 1, 1, 3}, xs);
     CHECK_OK(gradcheck_build("name: 'n' type: 'LRN' lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 9 "
                              "beta: 1 k: 5 }",
                              MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err),
@@ -346,7 +334,7 @@ static void test_lrn_values(void)
     /* WITHIN_CHANNEL on 2 x 2 with a 3 x 3 window: every window holds all four values (sum of squares
      * 30), still divided by 9: base = 1 + 9/9 * 30 = 31 */
     const float sq[4] = {1, 2, 3, 4};
-    x = tensor_of(4, (int[]){1, 1, 2, 2}, sq);
+    x = test_tensor_n(4, (int[]){1, 1, 2, 2}, sq);
     CHECK_OK(gradcheck_build("name: 'n' type: 'LRN' lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 9 "
                              "beta: 1 }",
                              MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err),
@@ -366,7 +354,7 @@ static void test_determinism(void)
 {
 #ifdef MTL_OPENMP
     int shape[4] = {8, 5, 41, 37};
-    mtl_tensor *x = tensor_of(4, shape, NULL);
+    mtl_tensor *x = test_tensor_n(4, shape, NULL);
     float out[2][3];
     int threads[2] = {1, 3}, saved = omp_get_max_threads();
     for (int run = 0; run < 2; run++) {
@@ -402,7 +390,7 @@ static void expect_error(const char *text, int n_bottoms, const int (*shapes)[4]
     mtl_error err = {0};
     mtl_tensor *b[2] = {0}, *y = mtl_tensor_create("top");
     for (int i = 0; i < n_bottoms; i++)
-        b[i] = tensor_of(ndims[i], shapes[i], NULL);
+        b[i] = test_tensor_n(ndims[i], shapes[i], NULL);
     mtl_layer *l = NULL;
     CHECK_FAILS(gradcheck_build(text, MTL_PHASE_TRAIN, b, n_bottoms, &y, 1, &l, &err), &err, status, needle);
     gradcheck_free_layer(l);

@@ -7,23 +7,10 @@
 #include <string.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "gradcheck.h"
 
 /* A tensor of the given shape (axis sizes ended by 0) with values (NULL: zeros). */
-static mtl_tensor *tensor_of(const int *shape, const float *values)
-{
-    int ndim = 0;
-    while (shape[ndim] > 0)
-        ndim++;
-    mtl_tensor *t = mtl_tensor_create("t");
-    mtl_error err;
-    if (mtl_tensor_reshape(t, ndim, shape, &err) != MTL_OK)
-        abort();
-    if (values)
-        memcpy(t->data, values, (size_t)t->count * sizeof(float));
-    return t;
-}
-
 static int shape_is(const mtl_tensor *t, int ndim, ...)
 {
     va_list ap;
@@ -240,7 +227,7 @@ static void test_flatten_reshape(void)
     float v[24];
     for (int i = 0; i < 24; i++)
         v[i] = (float)i;
-    mtl_tensor *b = tensor_of((int[]){2, 3, 4, 0}, v);
+    mtl_tensor *b = test_tensor((int[]){2, 3, 4, 0}, v);
     mtl_tensor *top = mtl_tensor_create("top");
     mtl_layer *l = NULL;
 
@@ -327,8 +314,8 @@ static void test_concat_slice_split(void)
     mtl_error err;
     mtl_layer *l = NULL;
     /* a: 2x1x2 = [[ [0 1] ], [ [2 3] ]], b: 2x2x2 = [[ [10 11] [12 13] ], [ [14 15] [16 17] ]] */
-    mtl_tensor *bs[2] = {tensor_of((int[]){2, 1, 2, 0}, (float[]){0, 1, 2, 3}),
-                         tensor_of((int[]){2, 2, 2, 0}, (float[]){10, 11, 12, 13, 14, 15, 16, 17})};
+    mtl_tensor *bs[2] = {test_tensor((int[]){2, 1, 2, 0}, (float[]){0, 1, 2, 3}),
+                         test_tensor((int[]){2, 2, 2, 0}, (float[]){10, 11, 12, 13, 14, 15, 16, 17})};
     mtl_tensor *top = mtl_tensor_create("top");
     CHECK_OK(gradcheck_build("type: 'Concat'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err);
     if (l)
@@ -352,7 +339,7 @@ static void test_concat_slice_split(void)
     CHECK_FAILS(gradcheck_build("type: 'Concat' concat_param { concat_dim: 3 }", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l,
                                 &err),
                 &err, MTL_ERR_CONFIG, "concat_dim 3 is out of range");
-    mtl_tensor *flat = tensor_of((int[]){2, 2, 0}, NULL);
+    mtl_tensor *flat = test_tensor((int[]){2, 2, 0}, NULL);
     mtl_tensor *mixed[2] = {bs[0], flat};
     CHECK_FAILS(gradcheck_build("type: 'Concat'", MTL_PHASE_TRAIN, mixed, 2, &top, 1, &l, &err), &err, MTL_ERR_SHAPE,
                 "bottom 1 has shape 2x2");
@@ -383,7 +370,7 @@ static void test_concat_slice_split(void)
     check_values("slice grad", bs[1]->grad, (float[]){0, 1, 10, 11, 2, 3, 12, 13}, 8, 0);
     gradcheck_free_layer(l);
 
-    mtl_tensor *wide = tensor_of((int[]){2, 5, 0}, NULL);
+    mtl_tensor *wide = test_tensor((int[]){2, 5, 0}, NULL);
     CHECK_FAILS(gradcheck_build("type: 'Slice' slice_param { slice_point: 3 slice_point: 2 }", MTL_PHASE_TRAIN, &wide,
                                 1, tops, 3, &l, &err),
                 &err, MTL_ERR_CONFIG, "slice_point 2 (number 1) must be greater than the previous one (3)");
@@ -429,9 +416,9 @@ static void test_eltwise_silence(void)
 {
     mtl_error err;
     mtl_layer *l = NULL;
-    mtl_tensor *bs[3] = {tensor_of((int[]){4, 0}, (float[]){1, -2, 3, 0}),
-                         tensor_of((int[]){4, 0}, (float[]){2, 5, 3, -1}),
-                         tensor_of((int[]){4, 0}, (float[]){0.5f, 5, -4, 2})};
+    mtl_tensor *bs[3] = {test_tensor((int[]){4, 0}, (float[]){1, -2, 3, 0}),
+                         test_tensor((int[]){4, 0}, (float[]){2, 5, 3, -1}),
+                         test_tensor((int[]){4, 0}, (float[]){0.5f, 5, -4, 2})};
     mtl_tensor *top = mtl_tensor_create("top");
 
     /* SUM with coeffs 1, -1, 2: [1-2+1, -2-5+10, 3-3-8, 0+1+4] */
@@ -482,7 +469,7 @@ static void test_eltwise_silence(void)
     CHECK_FAILS(gradcheck_build("type: 'Eltwise' eltwise_param { operation: AVG }", MTL_PHASE_TRAIN, bs, 3, &top, 1,
                                 &l, &err),
                 &err, MTL_ERR_CONFIG, "PROD, SUM, MAX");
-    mtl_tensor *other = tensor_of((int[]){2, 2, 0}, NULL);
+    mtl_tensor *other = test_tensor((int[]){2, 2, 0}, NULL);
     mtl_tensor *mixed[2] = {bs[0], other};
     CHECK_FAILS(gradcheck_build("type: 'Eltwise'", MTL_PHASE_TRAIN, mixed, 2, &top, 1, &l, &err), &err, MTL_ERR_SHAPE,
                 "bottom 1 has shape 2x2, bottom 0 has 4");
@@ -513,7 +500,7 @@ static void test_large(void)
     mtl_error err;
     mtl_layer *l = NULL;
     enum { N = 2, C = 20011 };
-    mtl_tensor *bs[2] = {tensor_of((int[]){N, C, 0}, NULL), tensor_of((int[]){N, C, 0}, NULL)};
+    mtl_tensor *bs[2] = {test_tensor((int[]){N, C, 0}, NULL), test_tensor((int[]){N, C, 0}, NULL)};
     gradcheck_fill(bs[0], -1, 1, 3);
     gradcheck_fill(bs[1], -1, 1, 4);
     mtl_tensor *tops[2] = {mtl_tensor_create("t0"), mtl_tensor_create("t1")};

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "test_util.h"
 #include "core/solver.h"
 
 static char tmp_dir[64];
@@ -23,27 +24,6 @@ static void make_tmp_dir(void)
         perror("mkdtemp");
         exit(1);
     }
-}
-
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[1024];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(path);
-        else
-            remove(path);
-    }
-    closedir(d);
-    rmdir(dir);
 }
 
 static const char *tmp_path(const char *name)
@@ -701,6 +681,6 @@ int main(void)
     test_solve_snapshots_and_stop();
     test_nan_report();
     test_display_and_json();
-    remove_tree(tmp_dir);
+    test_remove_tree(tmp_dir);
     return check_finish();
 }

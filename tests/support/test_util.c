@@ -1,0 +1,55 @@
+/* Shared test helpers (see test_util.h). */
+#define _DEFAULT_SOURCE
+#include "test_util.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+mtl_tensor *test_tensor_n(int ndim, const int *shape, const float *values)
+{
+    mtl_error err;
+    mtl_tensor *t = mtl_tensor_create("t");
+    if (!t || mtl_tensor_reshape(t, ndim, shape, &err) != MTL_OK) {
+        fprintf(stderr, "test_tensor: %s\n", t ? err.message : "out of memory");
+        exit(1);
+    }
+    if (values)
+        memcpy(t->data, values, (size_t)t->count * sizeof(float));
+    return t;
+}
+
+mtl_tensor *test_tensor(const int *shape, const float *values)
+{
+    int ndim = 0;
+    while (shape[ndim] > 0)
+        ndim++;
+    return test_tensor_n(ndim, shape, values);
+}
+
+void test_remove_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return;
+    if (!S_ISDIR(st.st_mode)) {
+        unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        char child[4096];
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
+            test_remove_tree(child);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}

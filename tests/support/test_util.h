@@ -1,0 +1,15 @@
+/* Small helpers the C tests share: tensors from literals and scratch-directory cleanup. */
+#ifndef MTL_TESTS_TEST_UTIL_H
+#define MTL_TESTS_TEST_UTIL_H
+
+#include "core/tensor.h"
+
+/* A tensor shaped by `shape` (axis sizes ended by 0), holding `values` when not NULL. Exits the
+ * test on failure: a test that cannot build its inputs has nothing to check. */
+mtl_tensor *test_tensor(const int *shape, const float *values);
+/* The same with an explicit axis count. */
+mtl_tensor *test_tensor_n(int ndim, const int *shape, const float *values);
+/* Removes a directory and everything below it (symbolic links are removed, not followed). */
+void test_remove_tree(const char *path);
+
+#endif
