@@ -8,7 +8,7 @@
 # Environment: SEEDS (default 3: seeds 1 2 3; or a list "1 2 5"), ITERS (stop at this iteration as
 # `mtl train --max-iter`, learning-rate steps unchanged; default the recipe's 2800), CONFIGS
 # (default "single_left single_right equal UNCERTAINTY GRADNORM DWA PCGRAD MGDA_UB"), THREADS
-# (default 2), TIMING_ROUNDS and TIMING_CHUNK (default 12 and 10; TIMING_ROUNDS=0: time from the
+# (default 2), TIMING_ROUNDS and TIMING_CHUNK (default 30 and 5; TIMING_ROUNDS=0: time from the
 # training logs instead), REUSE=1 (keep training runs whose log is complete), BUILD (default build,
 # with libmtl.a), OUT (default out/balance), PYTHON (default /usr/bin/python3).
 #
@@ -29,8 +29,8 @@ if [[ "$seeds" =~ ^[0-9]+$ ]]; then seeds=$(seq -s ' ' 1 "$seeds"); fi
 iters=${ITERS:-}
 threads=${THREADS:-2}
 configs=${CONFIGS:-"single_left single_right equal UNCERTAINTY GRADNORM DWA PCGRAD MGDA_UB"}
-rounds=${TIMING_ROUNDS:-12}
-chunk=${TIMING_CHUNK:-10}
+rounds=${TIMING_ROUNDS:-30}
+chunk=${TIMING_CHUNK:-5}
 reuse=${REUSE:-0}
 python=${PYTHON:-/usr/bin/python3}
 data=data/multifashion

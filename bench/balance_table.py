@@ -43,8 +43,8 @@ def training(name, seed):
 
 def ms_per_iter(path):
     """median ms per iteration over a training log's display windows after the first (warm-up)"""
-    ms = [1e3 / r["iter_per_s"] for r in records(path)
-          if r.get("phase") == "train" and not r.get("final") and r.get("iter", 0) > 0 and (r.get("iter_per_s") or 0) > 0]
+    ms = [1e3 / r["iter_per_s"] for r in records(path) if r.get("phase") == "train" and not r.get("final")
+          and r.get("iter", 0) > 0 and (r.get("iter_per_s") or 0) > 0]
     ms = ms[1:] if len(ms) > 1 else ms
     return statistics.median(ms) if ms else float("nan")
 
@@ -98,8 +98,8 @@ for c in configs:
     ms_text = f"{ms:.1f}" if ms == ms else "-"
     print(f"| {LABELS.get(c, c)} | {left} | {right} | {ms_text} | {rel} | {weights} | "
           + (f"{statistics.mean(cos):+.3f}" if cos else "-") + " |")
-how = ("bench/balance_time.c: the multi-task recipes in one process taking turns, 10 iterations at a time, median "
-       "over the rounds after the first" if timed else "the median over the training logs' display windows after the "
+how = ("bench/balance_time.c (all recipes in one process, taking turns a few iterations at a time; the median over "
+       "the rounds after the first)" if timed else "the median over the training logs' display windows after the "
        "first")
 print(f"\nms / iteration: training time per iteration (forward, the method's backward passes, the update) from {how}. "
       "Mean weights and cosines (of the two tasks' gradients on the shared trunk's parameters): over the display "

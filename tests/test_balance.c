@@ -867,7 +867,8 @@ static void test_solver_logs(void)
         CHECK_MSG(log && strstr(log, want), "%s: log:\n%s", settings, log);
         CHECK_MSG(log && strstr(log, "    Task gradient norms on the shared trunk: loss_a = "), "%s: log:\n%s",
                   settings, log);
-        CHECK_MSG(log && strstr(log, "    Task gradient cosines: loss_a|loss_b = ") && strstr(log, ", loss_b|loss_c = "),
+        CHECK_MSG(log && strstr(log, "    Task gradient cosines: loss_a|loss_b = ") &&
+                      strstr(log, ", loss_b|loss_c = "),
                   "%s: log:\n%s", settings, log);
         int train = 0;
         for (char *line = json; line && *line;) {

@@ -70,6 +70,42 @@ static mtl_status feed(void *user, mtl_net *net, int test_net, int64_t iter, int
     return MTL_OK;
 }
 
+/* Task-wise early stopping: an auxiliary task whose validation loss stops improving (here: never by
+ * the required 10) is switched off at the test after `patience` bad tests; the main task is not. */
+static void test_early_stopping(dataset *d, const char *net)
+{
+    char solver_text[4096];
+    snprintf(solver_text, sizeof(solver_text),
+             "net_param { %s }\n"
+             "base_lr: 0.1 momentum: 0.9 lr_policy: 'fixed'\n"
+             "max_iter: 250 test_iter: 2 test_interval: 100 display: 0 snapshot_after_train: false\n"
+             "task_early_stopping { patience: 1 min_delta: 10 auxiliary: 'loss_b' }\n",
+             net);
+    mtl_error err = {0};
+    mtl_solver_options opts = {.feed = feed, .feed_user = d};
+    mtl_solver *s = NULL;
+    CHECK_OK(mtl_solver_from_string(solver_text, "/tmp", &opts, &s, &err), &err);
+    if (!s)
+        return;
+    CHECK_OK(mtl_solver_solve(s, &err), &err);
+    CHECK(s->early_stop != NULL);
+    if (s->early_stop) {
+        CHECK_INT(mtl_early_stop_stopped_at(s->early_stop, 1), 100);
+        CHECK_INT(mtl_early_stop_stopped_at(s->early_stop, 0), -1);
+        CHECK_NEAR(mtl_early_stop_multiplier(s->early_stop, 1), 0.0, 0);
+        CHECK_NEAR(mtl_early_stop_multiplier(s->early_stop, 0), 1.0, 0);
+    }
+    mtl_solver_free(s);
+
+    /* an auxiliary name that is not a task is an error at the config */
+    snprintf(solver_text, sizeof(solver_text),
+             "net_param { %s }\nbase_lr: 0.1 lr_policy: 'fixed' max_iter: 10 test_iter: 1 test_interval: 5\n"
+             "task_early_stopping { patience: 1 auxiliary: 'loss_c' }\n",
+             net);
+    CHECK_FAILS(mtl_solver_from_string(solver_text, "/tmp", &opts, &s, &err), &err, MTL_ERR_CONFIG, "loss_c");
+    mtl_solver_free(s);
+}
+
 int main(void)
 {
     dataset *d = malloc(sizeof(*d));
@@ -100,6 +136,7 @@ int main(void)
         CHECK(after_b > 0.85);
         mtl_solver_free(s);
     }
+    test_early_stopping(d, net_text);
     free(d);
     return check_finish();
 }

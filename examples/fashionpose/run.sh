@@ -8,8 +8,7 @@
 # Environment: SEEDS (default 3: seeds 1..SEEDS; or a list "1 2 5"), CONFIGS (default
 # "landmarks tcdcn es"), BUILD (default build), OUT (default out/fashionpose), THREADS (per run,
 # default 1: on a busy 2-core machine one thread per run is the fastest), JOBS (runs at once,
-# default 1), ES_TRAINER (auto, mtl or driver: how the early-stopping configuration trains; auto
-# uses `mtl train` once the solver reads task_early_stopping, else build/fashionpose_es).
+# default 1).
 #
 # Data: data/fashionpose (`mtl dataset fashionpose --seed 1`); train.txt's first 27000 lines train,
 # its last 3000 are the validation split the solvers test on (and early stopping watches); the
@@ -32,21 +31,13 @@ esac
 configs=${CONFIGS:-landmarks tcdcn es}
 threads=${THREADS:-1}
 jobs=${JOBS:-1}
-es_trainer=${ES_TRAINER:-auto}
 data=data/fashionpose
 mtl=$build/mtl
-driver=$build/fashionpose_es
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=1
 
-for tool in "$mtl" "$driver"; do
-  if [ ! -x "$tool" ]; then
-    echo "run.sh: $tool not found; run 'make' first" >&2
-    exit 1
-  fi
-done
-if [ "$es_trainer" = auto ]; then
-  # the solver reads task_early_stopping once it links the early-stopping module
-  if grep -q "task_early_stopping" "$mtl"; then es_trainer=mtl; else es_trainer=driver; fi
+if [ ! -x "$mtl" ]; then
+  echo "run.sh: $mtl not found; run 'make' first" >&2
+  exit 1
 fi
 
 # ---- data -----------------------------------------------------------------------------------
@@ -97,11 +88,7 @@ run_one() {
       -e "s#^random_seed: .*#random_seed: $seed#" "$here/$(solver_of "$config")" > "$dir/solver.prototxt"
   local start end
   start=$(date +%s.%N)
-  if [ "$config" = es ] && [ "$es_trainer" = driver ]; then
-    "$driver" "$dir/solver.prototxt" "$dir/log.jsonl" > "$dir/train.log" 2>&1
-  else
-    "$mtl" train --solver "$dir/solver.prototxt" --log "$dir/log.jsonl" --threads "$threads" > "$dir/train.log" 2>&1
-  fi
+  "$mtl" train --solver "$dir/solver.prototxt" --log "$dir/log.jsonl" --threads "$threads" > "$dir/train.log" 2>&1
   end=$(date +%s.%N)
   echo "$start $end" | awk '{printf "%.1f\n", $2 - $1}' > "$dir/train_seconds"
   local snap
@@ -131,7 +118,7 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 machine="$(getconf _NPROCESSORS_ONLN) cores ($cpu), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 machine="$machine; $jobs run(s) at once, $threads thread(s) each"
-python3 - "$out" "$here/results.md" "$machine" "$es_trainer" $configs -- $seeds <<'EOF'
+python3 - "$out" "$here/results.md" "$machine" "mtl train" $configs -- $seeds <<'EOF'
 import datetime, json, math, os, re, sys
 out, dest, machine, trainer = sys.argv[1:5]
 rest = sys.argv[5:]

@@ -155,11 +155,11 @@ mtl_status mtl_balancer_create(const mtl_balance_config *cfg, mtl_net *net, uint
     b->report.grad_norm = zalloc((size_t)T, sizeof(double));
     b->report.cosine = zalloc((size_t)(T * (T - 1) / 2), sizeof(double));
     b->report.log_var = zalloc((size_t)T, sizeof(double));
-    int ok = b->base && b->multiplier && b->weights && b->pass_weights && b->weight_sum && b->regression && b->log_var &&
-             b->gn_weight && b->initial_loss && b->win_sum && b->win_count && b->win_last && b->win_before &&
-             b->lambda && b->loss_sum && b->gram && b->sol && b->rep_norm && b->active && b->order && b->scale &&
-             b->report.weights &&
-             b->report.grad_norm && b->report.cosine && b->report.log_var;
+    int ok = b->base && b->multiplier && b->weights && b->pass_weights && b->weight_sum && b->regression &&
+             b->log_var && b->gn_weight && b->initial_loss && b->win_sum && b->win_count && b->win_last &&
+             b->win_before && b->lambda && b->loss_sum && b->gram && b->sol && b->rep_norm && b->active &&
+             b->order && b->scale && b->report.weights && b->report.grad_norm && b->report.cosine &&
+             b->report.log_var;
     if (ok && b->nt) {
         int64_t n = b->nt->n_shared;
         b->g = alloc_rows(T, n);
@@ -377,7 +377,8 @@ void mtl_balancer_end_iteration(mtl_balancer *b, double rate)
             if (b->active[t] && b->initial_loss[t] == 0.0)
                 b->initial_loss[t] = loss;
             ratio[t] = b->active[t] ? loss / b->initial_loss[t] : 1.0;
-            g[t] = fabs((double)b->base[t] * b->multiplier[t]) * norm_of(b->gw_sum[t], b->nt->last_shared_count) / passes;
+            g[t] = fabs((double)b->base[t] * b->multiplier[t]) * norm_of(b->gw_sum[t], b->nt->last_shared_count) /
+                   passes;
             b->active[t] = b->active[t] && g[t] > 0;
         }
         mtl_balance_gradnorm_step(T, b->gn_weight, g, ratio, b->active, b->cfg.alpha, lr);

@@ -17,6 +17,8 @@
 #define LOG_LINE_MAX 4096
 /* the snapshot entry (among the layer states) holding the task balancer's state */
 #define BALANCE_STATE_NAME "#task_balance"
+/* and the task-wise early stopping record */
+#define EARLY_STOP_STATE_NAME "#task_early_stop"
 
 /* ================================================================== small helpers */
 
@@ -780,6 +782,7 @@ static mtl_status parse_solver(parse_ctx *ctx, mtl_solver_config *c, const char 
     MTL_TRY(read_update_fields(root, &ctx->raw, c, err));
     MTL_TRY(read_lr_fields(root, &ctx->raw, c, err));
     MTL_TRY(read_balance(root, c, err));
+    MTL_TRY(mtl_early_stop_read(root, &c->early_stop, &c->has_early_stop, err));
     MTL_TRY(mtl_cfg_check_unused(root, err));
     MTL_TRY(check_nets(root, c->dir, ctx, c, err));
     MTL_TRY(check_update(root, &ctx->raw, c, err));
@@ -973,6 +976,20 @@ static mtl_status solver_init(mtl_solver *s, parse_ctx *ctx, mtl_error *err)
         if (!s->balancer->nt && s->cfg.balance.diagnostics && net->n_tasks >= 2)
             say(s, "Note: no task gradient diagnostics for this net: %s", s->balancer->nt_error);
     }
+    /* task-wise early stopping switches auxiliary tasks off through the balancer's multipliers */
+    if (s->cfg.has_early_stop) {
+        if (!s->cfg.test_interval || s->n_test_nets == 0 || !s->balancer)
+            return mtl_cfg_fail(s->cfg.early_stop.where, err, MTL_ERR_CONFIG,
+                                "task_early_stopping needs a test net, test_interval > 0 and two or more tasks");
+        const char **names = calloc((size_t)net->n_tasks, sizeof(char *));
+        if (!names)
+            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+        for (int t = 0; t < net->n_tasks; t++)
+            names[t] = net->tasks[t].name;
+        mtl_status st = mtl_early_stop_create(&s->cfg.early_stop, net->n_tasks, names, &s->early_stop, err);
+        free(names);
+        MTL_TRY(st);
+    }
     s->last_snapshot_iter = -1;
     s->timer_start = now_seconds();
     return MTL_OK;
@@ -1049,6 +1066,7 @@ void mtl_solver_free(mtl_solver *s)
     free(s->test_nets);
     free(s->test_out);
     mtl_balancer_free(s->balancer);
+    mtl_early_stop_free(s->early_stop);
     mtl_net_free(s->train_net);
     outputs_free(&s->train_out);
     free(s->iter_values);
@@ -1351,6 +1369,47 @@ static mtl_status interrupted(mtl_solver *s, mtl_error *err)
                     (long long)s->iter, s->last_snapshot_path ? s->last_snapshot_path : "(no snapshot)");
 }
 
+/* Feeds a test's task losses to task-wise early stopping and switches stopped tasks off. */
+static mtl_status early_stop_after_test(mtl_solver *s, mtl_error *err)
+{
+    if (!s->early_stop)
+        return MTL_OK;
+    const mtl_net *net = s->train_net;
+    double *losses = calloc((size_t)net->n_tasks, sizeof(double));
+    int *stopped = calloc((size_t)net->n_tasks, sizeof(int));
+    float *multipliers = calloc((size_t)net->n_tasks, sizeof(float));
+    if (!losses || !stopped || !multipliers) {
+        free(losses);
+        free(stopped);
+        free(multipliers);
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+    }
+    for (int t = 0; t < net->n_tasks; t++)
+        losses[t] = mtl_solver_test_value(s, 0, net->tasks[t].name);
+    if (mtl_early_stop_update(s->early_stop, s->iter, losses, stopped) > 0) {
+        for (int t = 0; t < net->n_tasks; t++) {
+            if (!stopped[t])
+                continue;
+            char line[512];
+            mtl_early_stop_describe(s->early_stop, t, line, sizeof(line));
+            say(s, "%s", line);
+            if (s->opts.json) {
+                sbuf b = {0};
+                sb_printf(&b, "{\"iter\":%lld,\"event\":\"task_stopped\",\"task\":", (long long)s->iter);
+                sb_string(&b, net->tasks[t].name);
+                sb_printf(&b, "}");
+                json_emit(s, &b);
+            }
+        }
+    }
+    mtl_early_stop_multipliers(s->early_stop, multipliers);
+    mtl_balancer_set_multipliers(s->balancer, multipliers);
+    free(losses);
+    free(stopped);
+    free(multipliers);
+    return MTL_OK;
+}
+
 mtl_status mtl_solver_step(mtl_solver *s, int64_t n_iters, mtl_error *err)
 {
     if (!s)
@@ -1365,6 +1424,7 @@ mtl_status mtl_solver_step(mtl_solver *s, int64_t n_iters, mtl_error *err)
             if (st == MTL_ERR_INTERRUPTED)
                 return interrupted(s, err);
             MTL_TRY(st);
+            MTL_TRY(early_stop_after_test(s, err));
         }
         MTL_TRY(train_iteration(s, err));
         if (s->cfg.snapshot && s->iter % s->cfg.snapshot == 0)
@@ -1458,7 +1518,7 @@ static mtl_status fill_snapshot(const mtl_solver *s, mtl_snapshot *snap, mtl_err
         st->rngs[1 + i] = s->test_nets[i]->rng;
     /* layers with state beyond parameters (data read positions), and the task balancer's state
      * under a name no prototxt layer is likely to take */
-    int n_states = s->balancer != NULL;
+    int n_states = (s->balancer != NULL) + (s->early_stop != NULL);
     for (int i = 0; i < net->n_layers; i++)
         n_states += net->layers[i]->ops->state_size != NULL;
     if (n_states) {
@@ -1485,6 +1545,15 @@ static mtl_status fill_snapshot(const mtl_solver *s, mtl_snapshot *snap, mtl_err
             if (!(ls->name = mtl_strdup(BALANCE_STATE_NAME)) || !bytes)
                 return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
             mtl_balancer_state_save(s->balancer, bytes);
+        }
+        if (s->early_stop) {
+            mtl_snapshot_layer_state *ls = &st->layer_states[st->n_layer_states++];
+            ls->size = mtl_early_stop_state_size(s->early_stop);
+            uint8_t *bytes = malloc((size_t)ls->size);
+            ls->bytes = bytes;
+            if (!(ls->name = mtl_strdup(EARLY_STOP_STATE_NAME)) || !bytes)
+                return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+            mtl_early_stop_state_save(s->early_stop, bytes);
         }
     }
     st->window_size = s->window_size;
@@ -1585,6 +1654,24 @@ static mtl_status restore_state(mtl_solver *s, const mtl_snapshot *snap, mtl_err
         else if (found && mtl_balancer_state_load(s->balancer, found->bytes, (size_t)found->size, &note) != MTL_OK &&
                  stateful)
             say(s, "Note: %s; balancing starts afresh", note.message);
+    }
+    if (s->early_stop) {
+        const mtl_snapshot_layer_state *found = NULL;
+        for (int k = 0; k < st->n_layer_states; k++)
+            if (strcmp(st->layer_states[k].name, EARLY_STOP_STATE_NAME) == 0)
+                found = &st->layer_states[k];
+        if (!found)
+            return mtl_fail(err, MTL_ERR_CONFIG,
+                            "snapshot '%s' has no task-wise early stopping record, so the run cannot continue "
+                            "exactly; start afresh from its weights (--weights)",
+                            path);
+        MTL_TRY(mtl_early_stop_state_load(s->early_stop, found->bytes, (size_t)found->size, err));
+        float *multipliers = calloc((size_t)net->n_tasks, sizeof(float));
+        if (!multipliers)
+            return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
+        mtl_early_stop_multipliers(s->early_stop, multipliers);
+        mtl_balancer_set_multipliers(s->balancer, multipliers);
+        free(multipliers);
     }
     if (st->n_rngs >= 1)
         net->rng = st->rngs[0];

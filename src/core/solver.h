@@ -16,6 +16,7 @@
 #include <stdio.h>
 
 #include "balance/balance.h"
+#include "balance/early_stop.h"
 #include "core/net.h"
 #include "core/update.h"
 
@@ -62,6 +63,8 @@ typedef struct mtl_solver_config {
     uint64_t seed;              /* random_seed, or MTL_SOLVER_DEFAULT_SEED */
     int has_balance;            /* a task_balance message was given */
     mtl_balance_config balance; /* its fields (defaults: FIXED with diagnostics) */
+    int has_early_stop;         /* a task_early_stopping message was given */
+    mtl_early_stop_config early_stop; /* its fields (names borrowed from the parse tree) */
 } mtl_solver_config;
 
 /* What a net reports: every value of every output blob (blobs no layer reads) and of every loss
@@ -101,6 +104,7 @@ typedef struct mtl_solver {
     int64_t last_snapshot_iter; /* -1: none */
     char *last_snapshot_path;
     mtl_balancer *balancer;     /* with task_balance or two or more tasks; NULL otherwise */
+    mtl_early_stop *early_stop; /* with task_early_stopping; NULL otherwise */
 } mtl_solver;
 
 /* Reads a solver prototxt and builds its nets. Paths in it (net, train_net, test_net,
