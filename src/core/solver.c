@@ -19,6 +19,8 @@
 #define BALANCE_STATE_NAME "#task_balance"
 /* and the task-wise early stopping record */
 #define EARLY_STOP_STATE_NAME "#task_early_stop"
+/* layers whose statistics one display shows, at most */
+#define MTL_SOLVER_MAX_STATS 8
 
 /* ================================================================== small helpers */
 
@@ -1254,6 +1256,18 @@ static void display_train(mtl_solver *s, double lr)
     outputs_say(s, net, &s->train_out, "Train");
     if (s->balancer)
         balance_say(s);
+    /* layers' own statistics (data layers: time the solver waited for data since the last display) */
+    char stats[MTL_SOLVER_MAX_STATS][160];
+    const char *stats_layer[MTL_SOLVER_MAX_STATS];
+    int n_stats = 0;
+    for (int i = 0; i < net->n_layers && n_stats < MTL_SOLVER_MAX_STATS; i++) {
+        mtl_layer *l = net->layers[i];
+        if (l->ops->stats && l->ops->stats(l, stats[n_stats], sizeof(stats[n_stats])) > 0) {
+            stats_layer[n_stats] = l->name;
+            say(s, "    %s: %s", l->name, stats[n_stats]);
+            n_stats++;
+        }
+    }
     say(s, "Iteration %lld, lr = %g", (long long)s->iter, lr);
     if (s->opts.json) {
         sbuf b = {0};
@@ -1267,6 +1281,14 @@ static void display_train(mtl_solver *s, double lr)
         outputs_json(&b, net, &s->train_out);
         if (s->balancer)
             balance_json(&b, s->balancer);
+        for (int k = 0; k < n_stats; k++) {
+            sb_printf(&b, k ? "," : ",\"layer_stats\":{");
+            sb_string(&b, stats_layer[k]);
+            sb_printf(&b, ":");
+            sb_string(&b, stats[k]);
+        }
+        if (n_stats)
+            sb_printf(&b, "}");
         sb_printf(&b, ",\"iter_per_s\":");
         sb_number(&b, per_s);
         sb_printf(&b, "}");
