@@ -72,24 +72,6 @@ static mtl_status read_spatial(mtl_layer *l, mtl_cfg_node *p, const char *name, 
     return MTL_OK;
 }
 
-/* Caffe ignores bias_filler when bias_term is false. Running the filler on a throwaway tensor
- * from a throwaway generator still validates it and marks its fields as read. */
-static mtl_status read_unused_filler(mtl_cfg_node *filler, int n, mtl_error *err)
-{
-    if (!filler)
-        return MTL_OK;
-    mtl_tensor *t = mtl_tensor_create("unused bias");
-    if (!t)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory");
-    mtl_rng rng;
-    mtl_rng_seed(&rng, 1);
-    mtl_status st = mtl_tensor_reshape(t, 1, &n, err);
-    if (st == MTL_OK)
-        st = mtl_filler_fill(filler, t, &rng, err);
-    mtl_tensor_free(t);
-    return st;
-}
-
 static mtl_status conv_setup(mtl_layer *l, mtl_error *err)
 {
     if (l->n_tops != l->n_bottoms)
@@ -151,7 +133,7 @@ static mtl_status conv_setup(mtl_layer *l, mtl_error *err)
     if (s->bias_term)
         MTL_TRY(mtl_layer_add_param(l, 1, &s->num_output, bias_filler, err));
     else
-        MTL_TRY(read_unused_filler(bias_filler, s->num_output, err));
+        MTL_TRY(mtl_filler_check(bias_filler, err));
     mtl_cpu_init();
     return MTL_OK;
 }
