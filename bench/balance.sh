@@ -17,7 +17,9 @@
 # `task_balance { method: ... }` message with the method's defaults (docs/task-balancing.md).
 # Time per iteration comes from bench/balance_time.c: all recipes in one process, taking
 # turns TIMING_CHUNK iterations at a time for TIMING_ROUNDS rounds (the first one warms up), so
-# that load on a shared machine hits them alike. Files: $OUT/<config>_seed<k>.jsonl and .txt (the
+# that load on a shared machine hits them alike, with OMP_WAIT_POLICY=PASSIVE unless set (OpenMP
+# threads that spin while other processes hold the cores turn a 20 ms iteration into 50-300 ms on a
+# busy 2-core machine). Files: $OUT/<config>_seed<k>.jsonl and .txt (the
 # training logs), $OUT/timing.txt, $OUT/wall.txt; the table comes from bench/balance_table.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,7 @@ fi
 for split in train test; do
   if [ ! -d "$data/${split}_lmdb" ]; then
     echo "== converting the $split list into an LMDB" >&2
+    # shellcheck disable=SC2046
     "$mtl" convert "$data/$split.txt" "$data" "$data/${split}_lmdb" --gray --label-names left,right \
       $([ "$split" = train ] && echo --shuffle --seed 1)
   fi
@@ -115,7 +118,9 @@ if [ "$rounds" -gt 1 ]; then
     copies+=("$(write_solver "$name" 1 "$out/time")")
   done
   echo "== timing: $rounds rounds of $chunk iterations of each recipe, in turns" >&2
-  "$bin" --threads "$threads" --rounds "$rounds" --chunk "$chunk" "${copies[@]}" >"$out/timing.txt"
+  # passive OpenMP threads: on a loaded machine spinning threads measure the load, not the method
+  OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} \
+    "$bin" --threads "$threads" --rounds "$rounds" --chunk "$chunk" "${copies[@]}" >"$out/timing.txt"
 fi
 
 "$python" bench/balance_table.py "$out" "$seeds" "$threads" "$configs" "${iters:-2800}" |

@@ -98,9 +98,9 @@ for c in configs:
     ms_text = f"{ms:.1f}" if ms == ms else "-"
     print(f"| {LABELS.get(c, c)} | {left} | {right} | {ms_text} | {rel} | {weights} | "
           + (f"{statistics.mean(cos):+.3f}" if cos else "-") + " |")
-how = ("bench/balance_time.c (all recipes in one process, taking turns a few iterations at a time; the median over "
-       "the rounds after the first)" if timed else "the median over the training logs' display windows after the "
-       "first")
+how = ("bench/balance_time.c (all recipes in one process, taking turns a few iterations at a time, OpenMP threads "
+       "passive; the median over the rounds after the first)" if timed
+       else "the median over the training logs' display windows after the first")
 print(f"\nms / iteration: training time per iteration (forward, the method's backward passes, the update) from {how}. "
       "Mean weights and cosines (of the two tasks' gradients on the shared trunk's parameters): over the display "
       "iterations of the training runs.")
