@@ -44,6 +44,7 @@ fi
 for split in train test; do
   if [ ! -d "$data/${split}_lmdb" ]; then
     echo "== converting the $split list into an LMDB" >&2
+    # shellcheck disable=SC2046
     "$mtl" convert "$data/$split.txt" "$data" "$data/${split}_lmdb" --gray --label-names left,right \
       $([ "$split" = train ] && echo --shuffle --seed 1)
   fi

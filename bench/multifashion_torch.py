@@ -4,6 +4,7 @@ and *_train_test.prototxt) trained in PyTorch on the same images, for the same n
 
 Usage: multifashion_torch.py [--task both|left|right] [--seeds 1,2,3] [--iters N] [--threads N]
                              [--data DIR] [--out DIR] [--test-interval N]
+       multifashion_torch.py --check-mtl build/mtl [--task both|left|right]
 Run from anywhere (paths default to the repository's data/multifashion and out/multifashion).
 Launch with OPENBLAS_NUM_THREADS=1 (bench/multifashion.sh does).
 
@@ -33,7 +34,11 @@ list file is newer or the counts differ). Prints per-task final test accuracy an
 training iteration; writes out/multifashion/torch_<task>_seed<k>.json per seed.
 Time per iteration: the median over 200-iteration windows (mtl's display interval) of the window's
 time / 200, training iterations only (data batching, forward, backward, update; tests excluded);
-the total training time is in the JSON too."""
+the total training time is in the JSON too.
+
+--check-mtl MTL checks the recipe against the mtl executable instead of training: a few iterations
+from the same initial weights on the same batches with dropout off must give the same losses and
+parameters (see check_against_mtl)."""
 import argparse
 import json
 import os
@@ -177,6 +182,7 @@ class MultiLeNet(nn.Module):
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.drop2 = nn.Dropout2d(0.5)
+        self.head_dropout = 0.5
         self.fc1 = nn.Linear(320, 50)
         self.heads = nn.ModuleDict({t: nn.ModuleDict({"fc2": nn.Linear(50, 50), "score": nn.Linear(50, 10)})
                                     for t in tasks})
@@ -196,7 +202,7 @@ class MultiLeNet(nn.Module):
         out = {}
         for t in self.tasks:
             y = F.relu(self.heads[t]["fc2"](x))
-            y = F.dropout(y, 0.5, self.training)
+            y = F.dropout(y, self.head_dropout, self.training)
             out[t] = self.heads[t]["score"](y)
         return out
 
@@ -209,7 +215,7 @@ def lr_at(it):
     return BASE_LR * GAMMA ** sum(1 for s in STEPVALUES if it >= s)
 
 
-def evaluate(net, images, labels, tasks, weight):
+def evaluate(net, images, labels, tasks):
     net.eval()
     correct = {t: 0 for t in tasks}
     loss = {t: 0.0 for t in tasks}
@@ -243,7 +249,7 @@ def train_one(task, seed, iters, train, test, test_interval, log):
     history = []
 
     def test_now(it):
-        r = evaluate(net, test_x, test_y, tasks, weight)
+        r = evaluate(net, test_x, test_y, tasks)
         history.append({"iter": it} | r)
         log(f"  [{task} seed {seed}] test at iter {it}: " +
             " ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("accuracy")))
@@ -290,6 +296,132 @@ def train_one(task, seed, iters, train, test, test_interval, log):
     }
 
 
+# ------------------------------------------------------------------ check against mtl
+
+NET_FILES = {"both": "multilenet_train_test.prototxt", "left": "single_left_train_test.prototxt",
+             "right": "single_right_train_test.prototxt"}
+
+
+def write_mtlsnap(path, arrays):
+    """A PARM-only snapshot (docs/snapshot-format.md) that `mtl train --weights` reads."""
+    payload = struct.pack("<I", len(arrays))
+    for name, a in arrays:
+        a = np.ascontiguousarray(a, dtype="<f4")
+        nb = name.encode()
+        payload += (struct.pack("<I", len(nb)) + nb + struct.pack("<I", a.ndim) + struct.pack(f"<{a.ndim}I", *a.shape)
+                    + struct.pack("<Q", a.size) + a.tobytes())
+    section = b"PARM" + struct.pack("<IQ", 0, len(payload)) + payload
+    data = b"MTLSNAP\0" + struct.pack("<IIQ", 1, 0, 24 + len(section) + 4) + section
+    with open(path, "wb") as f:
+        f.write(data + struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF))
+
+
+def read_mtlsnap_params(path):
+    with open(path, "rb") as f:
+        d = f.read()
+    pos, out = 24, {}
+    while pos < len(d) - 4:
+        tag, length = d[pos:pos + 4], struct.unpack("<Q", d[pos + 8:pos + 16])[0]
+        p = pos + 16
+        if tag == b"PARM":
+            n_arrays = struct.unpack("<I", d[p:p + 4])[0]
+            p += 4
+            for _ in range(n_arrays):
+                n = struct.unpack("<I", d[p:p + 4])[0]
+                name = d[p + 4:p + 4 + n].decode()
+                p += 4 + n
+                ndim = struct.unpack("<I", d[p:p + 4])[0]
+                shape = struct.unpack(f"<{ndim}I", d[p + 4:p + 4 + 4 * ndim])
+                p += 4 + 4 * ndim
+                count = struct.unpack("<Q", d[p:p + 8])[0]
+                out[name] = np.frombuffer(d[p + 8:p + 8 + 4 * count], "<f4").reshape(shape)
+                p += 8 + 4 * count
+        pos += 16 + length
+    return out
+
+
+def check_against_mtl(task, mtl_bin, data_dir, iters=6):
+    """Trains `iters` iterations in mtl and here from the same initial weights on the same batches
+    (the first 512 training images, in list order, no shuffling) with dropout off, the learning rate
+    dropping at iteration 3, and compares the losses and every parameter after each iteration. This
+    checks everything in the recipe that is not random: forward, backward (the gradient sum where the
+    heads leave the shared trunk included), loss weights, weight decay, momentum and the schedule."""
+    import re
+    import subprocess
+    import tempfile
+    tasks = ["left", "right"] if task == "both" else [task]
+    weight = 0.5 if task == "both" else 1.0
+    with tempfile.TemporaryDirectory(prefix="mf_check_") as tmp:
+        with open(os.path.join(data_dir, "train.txt")) as f:
+            rows = [next(f) for _ in range(512)]
+        with open(os.path.join(data_dir, "test.txt")) as f:
+            test_rows = [next(f) for _ in range(500)]
+        for name, lines in (("train", rows), ("test", test_rows)):
+            with open(os.path.join(tmp, f"{name}.txt"), "w") as f:
+                f.writelines(lines)
+            subprocess.run([mtl_bin, "convert", os.path.join(tmp, f"{name}.txt"), data_dir, os.path.join(tmp, f"{name}_lmdb"),
+                            "--gray", "--label-names", "left,right"], check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(ROOT, "examples", "multifashion", NET_FILES[task])) as f:
+            net_txt = f.read()
+        net_txt = net_txt.replace("data/multifashion/train_lmdb", os.path.join(tmp, "train_lmdb"))
+        net_txt = net_txt.replace("data/multifashion/test_lmdb", os.path.join(tmp, "test_lmdb"))
+        net_txt = net_txt.replace("shuffle: true", "shuffle: false")
+        net_txt = re.sub(r"dropout_ratio: *[0-9.]+", "dropout_ratio: 0", net_txt)
+        with open(os.path.join(tmp, "net.prototxt"), "w") as f:
+            f.write(net_txt)
+        with open(os.path.join(tmp, "solver.prototxt"), "w") as f:
+            f.write(f'net: "net.prototxt"\ntype: "SGD"\nbase_lr: {BASE_LR}\nmomentum: {MOMENTUM}\n'
+                    f'weight_decay: {WEIGHT_DECAY}\nlr_policy: "multistep"\nstepvalue: 3\ngamma: {GAMMA}\n'
+                    f'max_iter: {iters}\ndisplay: 1\naverage_loss: 1\ntest_iter: 1\ntest_interval: 100000\n'
+                    f'test_initialization: false\nsnapshot: 1\nsnapshot_prefix: "snap"\nrandom_seed: 1\n')
+        torch.manual_seed(12345)
+        net = MultiLeNet(tasks).train()
+        net.drop2.p = 0.0
+        net.head_dropout = 0.0
+        layers = {"conv1": net.conv1, "conv2": net.conv2, "fc1": net.fc1}
+        for t in tasks:
+            layers[f"fc2_{t}"] = net.heads[t]["fc2"]
+            layers[f"score_{t}"] = net.heads[t]["score"]
+        write_mtlsnap(os.path.join(tmp, "init.mtlsnap"),
+                      [(f"{n}/{k}", (m.weight if k == 0 else m.bias).detach().numpy()) for n, m in layers.items()
+                       for k in (0, 1)])
+        r = subprocess.run([mtl_bin, "train", "--solver", os.path.join(tmp, "solver.prototxt"), "--weights",
+                            os.path.join(tmp, "init.mtlsnap"), "--log", os.path.join(tmp, "log.jsonl")],
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"mtl train failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        with open(os.path.join(tmp, "log.jsonl")) as f:
+            mtl_loss = {e["iter"]: e["iter_loss"] for e in map(json.loads, f)
+                        if e.get("phase") == "train" and not e.get("final")}
+        images = np.stack([read_grey(os.path.join(data_dir, line.split()[0])) for line in rows])
+        x_all = torch.from_numpy(images).float().mul_(SCALE).unsqueeze(1)
+        y_all = torch.tensor([[int(v) for v in line.split()[1:3]] for line in rows])
+        params = list(net.parameters())
+        hist = [torch.zeros_like(p) for p in params]
+        worst_all = 0.0
+        for it in range(iters):
+            idx = torch.arange(it * TRAIN_BATCH, (it + 1) * TRAIN_BATCH) % len(rows)
+            out = net(x_all[idx])
+            loss = sum(weight * F.cross_entropy(out[t], y_all[idx, TASK_COLUMN[t]]) for t in tasks)
+            for p in params:
+                p.grad = None
+            loss.backward()
+            lr = BASE_LR * (GAMMA if it >= 3 else 1.0)
+            with torch.no_grad():
+                for p, h in zip(params, hist):
+                    h.mul_(MOMENTUM).add_(p.grad.add(p, alpha=WEIGHT_DECAY), alpha=lr)
+                    p.sub_(h)
+            snap = read_mtlsnap_params(os.path.join(tmp, f"snap_iter_{it + 1}.mtlsnap"))
+            worst = max(float(np.abs(snap[f"{n}/{k}"] - (m.weight if k == 0 else m.bias).detach().numpy()).max()
+                              / (np.abs(snap[f"{n}/{k}"]).max() + 1e-12)) for n, m in layers.items() for k in (0, 1))
+            worst_all = max(worst_all, worst)
+            print(f"iter {it}: loss torch {float(loss):.7f} mtl {mtl_loss.get(it, float('nan')):.7f}; "
+                  f"parameters after the update: largest difference {worst:.2e} (relative to each tensor's largest value)")
+        ok = worst_all < 1e-4
+        print(f"check against mtl, task {task}: {'agree' if ok else 'DIFFER'} (largest relative difference {worst_all:.2e})")
+        return ok
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", choices=["both", "left", "right"], default="both")
@@ -300,7 +432,12 @@ def main():
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "multifashion"))
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "multifashion"))
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument("--check-mtl", metavar="MTL", help="instead of training: check this script's recipe against "
+                    "the mtl executable MTL (e.g. build/mtl) for --task, with dropout off; see check_against_mtl")
     args = ap.parse_args()
+    if args.check_mtl:
+        torch.set_num_threads(args.threads)
+        sys.exit(0 if check_against_mtl(args.task, args.check_mtl, args.data) else 1)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
