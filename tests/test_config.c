@@ -258,7 +258,7 @@ static void test_syntax_errors(void)
 
     mtl_cfg_node *r = (mtl_cfg_node *)1;
     mtl_error err = {0};
-    CHECK_FAILS(mtl_cfg_parse_file("/nonexistent/dir/net.prototxt", &r, &err), &err, MTL_ERR_IO,
+    CHECK_FAILS(mtl_cfg_parse_file("/nonexistent/dir/net.prototxt", &r, &err), &err, MTL_ERR_NOT_FOUND,
                 "cannot open '/nonexistent/dir/net.prototxt': ");
     CHECK(r == NULL);
 }

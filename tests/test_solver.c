@@ -626,7 +626,7 @@ static void test_paths(void)
     write_text(path, "net: 'missing.prototxt' base_lr: 0.1 lr_policy: 'fixed' snapshot_after_train: false\n");
     char expect[600];
     snprintf(expect, sizeof(expect), "%s/missing.prototxt", sub);
-    CHECK_FAILS(mtl_solver_from_file(path, NULL, &s, &err), &err, MTL_ERR_IO, expect);
+    CHECK_FAILS(mtl_solver_from_file(path, NULL, &s, &err), &err, MTL_ERR_NOT_FOUND, expect);
     /* an unknown field in the file names its line */
     snprintf(path, sizeof(path), "%s/typo.prototxt", sub);
     write_text(path, "net: 'net.prototxt'\nbase_lr: 0.1\nlr_polcy: 'fixed'\n");

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/file.h"
 #include "core/net.h"
 #include "core/snapshot.h"
 #include "core/solver.h"
@@ -72,38 +73,7 @@ static void source_free(embed_source *s)
 
 static mtl_status read_text(const char *path, char **out, mtl_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mtl_fail(err, MTL_ERR_IO, "cannot open '%s'", path);
-    size_t cap = 4096, len = 0;
-    char *text = malloc(cap);
-    mtl_status st = text ? MTL_OK : mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", path);
-    while (st == MTL_OK) {
-        if (len + 1 >= cap) {
-            char *grown = realloc(text, cap * 2);
-            if (!grown) {
-                st = mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", path);
-                break;
-            }
-            text = grown;
-            cap *= 2;
-        }
-        size_t got = fread(text + len, 1, cap - 1 - len, f);
-        len += got;
-        if (got == 0) {
-            if (ferror(f))
-                st = mtl_fail(err, MTL_ERR_IO, "error reading '%s'", path);
-            break;
-        }
-    }
-    fclose(f);
-    if (st != MTL_OK) {
-        free(text);
-        return st;
-    }
-    text[len] = '\0';
-    *out = text;
-    return MTL_OK;
+    return mtl_read_file(path, NULL, 0, out, NULL, err);
 }
 
 /* Parses a list file: per non-blank line a path and optionally labels, the first of which is kept. */

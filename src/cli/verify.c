@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/file.h"
 #include "eval/verify.h"
 
 static const char verify_usage[] =
@@ -53,37 +54,9 @@ static void set_free(embedding_set *s)
 
 static mtl_status read_file(const char *path, uint8_t **out, size_t *size, mtl_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mtl_fail(err, MTL_ERR_IO, "cannot open '%s'", path);
-    size_t cap = 1 << 16, len = 0;
-    uint8_t *bytes = malloc(cap);
-    mtl_status st = bytes ? MTL_OK : mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", path);
-    while (st == MTL_OK) {
-        if (len == cap) {
-            uint8_t *grown = realloc(bytes, cap * 2);
-            if (!grown) {
-                st = mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", path);
-                break;
-            }
-            bytes = grown;
-            cap *= 2;
-        }
-        size_t got = fread(bytes + len, 1, cap - len, f);
-        len += got;
-        if (got == 0) {
-            if (ferror(f))
-                st = mtl_fail(err, MTL_ERR_IO, "error reading '%s'", path);
-            break;
-        }
-    }
-    fclose(f);
-    if (st != MTL_OK) {
-        free(bytes);
-        return st;
-    }
-    *out = bytes;
-    *size = len;
+    char *text;
+    MTL_TRY(mtl_read_file(path, NULL, 0, &text, size, err));
+    *out = (uint8_t *)text;
     return MTL_OK;
 }
 

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/file.h"
+
 /* Caffe nets nest four or five deep; the cap only keeps hostile input off the stack. */
 #define CFG_MAX_DEPTH 200
 #define CFG_MAX_FILE_BYTES ((long)64 << 20)
@@ -611,45 +613,9 @@ mtl_status mtl_cfg_parse_file(const char *path, mtl_cfg_node **root, mtl_error *
     *root = NULL;
     if (!path)
         return mtl_fail(err, MTL_ERR_ARGUMENT, "mtl_cfg_parse_file: path is NULL");
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mtl_fail(err, MTL_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    if (!buf) {
-        fclose(f);
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", path);
-    }
-    /* Read in chunks rather than trusting fseek/ftell, so pipes and /dev/stdin work too. */
-    for (;;) {
-        if (len == cap) {
-            if ((long)cap >= CFG_MAX_FILE_BYTES) {
-                free(buf);
-                fclose(f);
-                return mtl_fail(err, MTL_ERR_IO, "cannot read '%s': larger than the %ld MiB limit for a config",
-                                path, CFG_MAX_FILE_BYTES >> 20);
-            }
-            char *grown = realloc(buf, cap * 2);
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", path);
-            }
-            buf = grown;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    if (ferror(f)) {
-        int e = errno;
-        free(buf);
-        fclose(f);
-        return mtl_fail(err, MTL_ERR_IO, "cannot read '%s': %s", path, strerror(e));
-    }
-    fclose(f);
+    char *buf;
+    size_t len;
+    MTL_TRY(mtl_read_file(path, NULL, (size_t)CFG_MAX_FILE_BYTES, &buf, &len, err));
     mtl_status st = parse_buffer(buf, len, path, root, err);
     free(buf);
     return st;

@@ -4,6 +4,8 @@
  * CRC32 on the way. The reader loads the whole file and checks everything before trusting a size. */
 #include "core/snapshot.h"
 
+#include "core/file.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -462,39 +464,9 @@ static mtl_status read_layer_states(reader *r, mtl_snapshot *s)
 
 static mtl_status load_file(const char *path, unsigned char **bytes, size_t *size, mtl_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mtl_fail(err, errno == ENOENT ? MTL_ERR_NOT_FOUND : MTL_ERR_IO, "cannot open snapshot '%s': %s",
-                        path, strerror(errno));
-    size_t cap = 1 << 16, len = 0;
-    unsigned char *buf = malloc(cap);
-    while (buf) {
-        if (len == cap) {
-            unsigned char *grown = realloc(buf, cap * 2);
-            if (!grown) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = grown;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    int failed = ferror(f);
-    int saved = errno;
-    fclose(f);
-    if (!buf)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading snapshot '%s'", path);
-    if (failed) {
-        free(buf);
-        return mtl_fail(err, MTL_ERR_IO, "cannot read snapshot '%s': %s", path, strerror(saved));
-    }
-    *bytes = buf;
-    *size = len;
+    char *text;
+    MTL_TRY(mtl_read_file(path, "snapshot", 0, &text, size, err));
+    *bytes = (unsigned char *)text;
     return MTL_OK;
 }
 
