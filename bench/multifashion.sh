@@ -36,19 +36,7 @@ if [ ! -x "$mtl" ]; then
   exit 1
 fi
 mkdir -p "$out" "$data"
-# the data set and its LMDBs, as scripts/demo.sh makes them (only when missing)
-if [ ! -f "$data/test.txt" ]; then
-  echo "== building MultiFashion from Fashion-MNIST" >&2
-  "$mtl" dataset multifashion --out "$data" --seed 1
-fi
-for split in train test; do
-  if [ ! -d "$data/${split}_lmdb" ]; then
-    echo "== converting the $split list into an LMDB" >&2
-    # shellcheck disable=SC2046
-    "$mtl" convert "$data/$split.txt" "$data" "$data/${split}_lmdb" --gray --label-names left,right \
-      $([ "$split" = train ] && echo --shuffle --seed 1)
-  fi
-done
+scripts/multifashion-data.sh "$mtl" "$data"
 
 have_torch=1
 if ! "$python" -c 'import torch' 2>/dev/null; then

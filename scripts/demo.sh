@@ -13,17 +13,7 @@ mkdir -p "$data" "$out"
 max_iter=()
 [ $# -ge 1 ] && max_iter=(--max-iter "$1")
 
-if [ ! -f "$data/test.txt" ]; then
-  echo "== building MultiFashion from Fashion-MNIST"
-  "$mtl" dataset multifashion --out "$data" --seed 1
-fi
-for split in train test; do
-  if [ ! -d "$data/${split}_lmdb" ]; then
-    echo "== converting the $split list into an LMDB"
-    "$mtl" convert "$data/$split.txt" "$data" "$data/${split}_lmdb" --gray --label-names left,right \
-      $([ "$split" = train ] && echo --shuffle --seed 1)
-  fi
-done
+scripts/multifashion-data.sh "$mtl" "$data"
 
 run() { # name solver
   echo "== training $1"

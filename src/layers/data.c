@@ -294,10 +294,23 @@ static int loader_stats(mtl_layer *l, char *buf, size_t size)
     return n < 0 ? 0 : (size_t)n >= size ? (int)size - 1 : n;
 }
 
-static size_t loader_state_size(const mtl_layer *l)
+/* Every data layer's saved state is its read position: a u64 count of what it has consumed. */
+static size_t position_state_size(const mtl_layer *l)
 {
     (void)l;
     return 8;
+}
+
+static mtl_status read_position(mtl_layer *l, const uint8_t *buf, size_t size, uint64_t max, uint64_t *out,
+                                mtl_error *err)
+{
+    if (size != 8)
+        return mtl_layer_fail(l, err, MTL_ERR_CORRUPT, "saved read position is %zu bytes, expected 8", size);
+    *out = get_u64(buf);
+    if (*out > max)
+        return mtl_layer_fail(l, err, MTL_ERR_CORRUPT, "saved read position %llu is not a batch count",
+                              (unsigned long long)*out);
+    return MTL_OK;
 }
 
 static void loader_state_save(const mtl_layer *l, uint8_t *buf)
@@ -310,12 +323,8 @@ static void loader_state_save(const mtl_layer *l, uint8_t *buf)
 static mtl_status loader_state_load(mtl_layer *l, const uint8_t *buf, size_t size, mtl_error *err)
 {
     loader *ld = l->priv;
-    if (size != 8)
-        return mtl_layer_fail(l, err, MTL_ERR_CORRUPT, "saved read position is %zu bytes, expected 8", size);
-    uint64_t v = get_u64(buf);
-    if (v > (uint64_t)INT64_MAX / 2 / (uint64_t)ld->batch_size)
-        return mtl_layer_fail(l, err, MTL_ERR_CORRUPT, "saved read position %llu is not a batch count",
-                              (unsigned long long)v);
+    uint64_t v = 0;
+    MTL_TRY(read_position(l, buf, size, (uint64_t)INT64_MAX / 2 / (uint64_t)ld->batch_size, &v, err));
     mtl_prefetch_free(ld->pf);
     ld->pf = NULL;
     ld->consumed = (int64_t)v;
@@ -510,7 +519,7 @@ const mtl_layer_ops mtl_layer_data = {
     .forward = loader_forward,
     .release = loader_release,
     .stats = loader_stats,
-    .state_size = loader_state_size,
+    .state_size = position_state_size,
     .state_save = loader_state_save,
     .state_load = loader_state_load,
 };
@@ -743,7 +752,7 @@ const mtl_layer_ops mtl_layer_image_data = {
     .forward = loader_forward,
     .release = loader_release,
     .stats = loader_stats,
-    .state_size = loader_state_size,
+    .state_size = position_state_size,
     .state_save = loader_state_save,
     .state_load = loader_state_load,
 };
@@ -846,12 +855,6 @@ mtl_status mtl_memory_data_set(mtl_layer *l, const float *data, const float *lab
     return MTL_OK;
 }
 
-static size_t memory_state_size(const mtl_layer *l)
-{
-    (void)l;
-    return 8;
-}
-
 static void memory_state_save(const mtl_layer *l, uint8_t *buf)
 {
     const memory_data *m = l->priv;
@@ -861,12 +864,8 @@ static void memory_state_save(const mtl_layer *l, uint8_t *buf)
 static mtl_status memory_state_load(mtl_layer *l, const uint8_t *buf, size_t size, mtl_error *err)
 {
     memory_data *m = l->priv;
-    if (size != 8)
-        return mtl_layer_fail(l, err, MTL_ERR_CORRUPT, "saved read position is %zu bytes, expected 8", size);
-    uint64_t v = get_u64(buf);
-    if (v > INT64_MAX)
-        return mtl_layer_fail(l, err, MTL_ERR_CORRUPT, "saved read position %llu is not a batch count",
-                              (unsigned long long)v);
+    uint64_t v = 0;
+    MTL_TRY(read_position(l, buf, size, INT64_MAX, &v, err));
     m->consumed = m->n ? (int64_t)(v % (uint64_t)m->n) : (int64_t)v;
     return MTL_OK;
 }
@@ -893,7 +892,7 @@ const mtl_layer_ops mtl_layer_memory_data = {
     .reshape = memory_reshape,
     .forward = memory_forward,
     .release = memory_release,
-    .state_size = memory_state_size,
+    .state_size = position_state_size,
     .state_save = memory_state_save,
     .state_load = memory_state_load,
 };
