@@ -1,8 +1,12 @@
 /* End to end: a two-task net whose two-column label is split by a Slice layer learns a small
- * synthetic data set; both tasks' test accuracies must rise from chance to well above it. */
+ * synthetic data set; both tasks' test accuracies must rise from chance to well above it. Also
+ * task-wise early stopping through the solver: when it stops a task, and its configuration and
+ * resume errors. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "core/rng.h"
@@ -104,6 +108,45 @@ static void test_early_stopping(dataset *d, const char *net)
              net);
     CHECK_FAILS(mtl_solver_from_string(solver_text, "/tmp", &opts, &s, &err), &err, MTL_ERR_CONFIG, "loss_c");
     mtl_solver_free(s);
+
+    /* early stopping watches validation losses: without tests it has nothing to watch */
+    snprintf(solver_text, sizeof(solver_text),
+             "net_param { %s }\nbase_lr: 0.1 lr_policy: 'fixed' max_iter: 10\n"
+             "task_early_stopping { patience: 1 auxiliary: 'loss_b' }\n",
+             net);
+    CHECK_FAILS(mtl_solver_from_string(solver_text, "/tmp", &opts, &s, &err), &err, MTL_ERR_CONFIG,
+                "task_early_stopping needs a test net, test_interval > 0");
+    mtl_solver_free(s);
+
+    /* a run with early stopping cannot resume exactly from a snapshot without its record */
+    char snap_dir[] = "/tmp/mtl_e2e_XXXXXX", snap_path[128];
+    if (!mkdtemp(snap_dir)) {
+        CHECK_MSG(0, "mkdtemp failed");
+        return;
+    }
+    snprintf(snap_path, sizeof(snap_path), "%s/plain.mtlsnap", snap_dir);
+    snprintf(solver_text, sizeof(solver_text),
+             "net_param { %s }\nbase_lr: 0.1 lr_policy: 'fixed' max_iter: 10 test_iter: 1 test_interval: 5\n"
+             "snapshot_after_train: false\n",
+             net);
+    CHECK_OK(mtl_solver_from_string(solver_text, snap_dir, &opts, &s, &err), &err);
+    if (s) {
+        CHECK_OK(mtl_solver_step(s, 2, &err), &err);
+        CHECK_OK(mtl_solver_snapshot(s, snap_path, &err), &err);
+        mtl_solver_free(s);
+    }
+    snprintf(solver_text, sizeof(solver_text),
+             "net_param { %s }\nbase_lr: 0.1 lr_policy: 'fixed' max_iter: 10 test_iter: 1 test_interval: 5\n"
+             "snapshot_after_train: false task_early_stopping { patience: 1 auxiliary: 'loss_b' }\n",
+             net);
+    CHECK_OK(mtl_solver_from_string(solver_text, snap_dir, &opts, &s, &err), &err);
+    if (s) {
+        CHECK_FAILS(mtl_solver_restore(s, snap_path, &err), &err, MTL_ERR_CONFIG,
+                    "has no task-wise early stopping record");
+        mtl_solver_free(s);
+    }
+    remove(snap_path);
+    rmdir(snap_dir);
 }
 
 int main(void)
