@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "core/solver.h"
 #include "test_util.h"
 #include "core/net.h"
 #include "data/db.h"
@@ -739,6 +740,60 @@ static void test_in_net(void)
     mtl_net_free(net);
 }
 
+/* Through the solver: a resumed run reads the batches the uninterrupted run read, and a snapshot
+ * without the data layer's read position is refused. */
+static void test_solver_resume(void)
+{
+    const char *db = tmp_path("resume_lmdb");
+    db_spec spec = {.count = 7, .channels = 1, .height = 4, .width = 4, .n_labels = 2};
+    if (!write_db(db, &spec))
+        return;
+    const char *tail = "layer { name: 'slice' type: 'Slice' bottom: 'label' top: 'a' top: 'b' slice_param { axis: 1 } }\n"
+                       "layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' inner_product_param { "
+                       "num_output: 1 weight_filler { type: 'xavier' } } }\n"
+                       "layer { name: 'loss' type: 'EuclideanLoss' bottom: 'ip' bottom: 'a' top: 'loss' }\n"
+                       "layer { name: 'silence' type: 'Silence' bottom: 'b' }\n";
+    const char *solver = "base_lr: 0.000001 lr_policy: 'fixed' max_iter: 20 snapshot_after_train: false\n";
+    char *with_data = layer_text("net_param { layer { name: 'data' type: 'Data' top: 'data' top: 'label' "
+                                 "data_param { source: '%s' batch_size: 3 shuffle: true } } %s }\n%s",
+                                 db, tail, solver);
+    char *with_input = layer_text("net_param { layer { name: 'data' type: 'Input' top: 'data' top: 'label' "
+                                  "input_param { shape { dim: 3 dim: 1 dim: 4 dim: 4 } shape { dim: 3 dim: 2 } } } "
+                                  "%s }\n%s",
+                                  tail, solver);
+    const char *snap = tmp_path("resume.mtlsnap"), *plain = tmp_path("plain.mtlsnap");
+    mtl_error err = {0};
+    mtl_solver *a = NULL, *b = NULL;
+    float straight[6] = {0}, resumed[6] = {0};
+    CHECK_OK(mtl_solver_from_string(with_data, tmp_dir, NULL, &a, &err), &err);
+    if (a) {
+        CHECK_OK(mtl_solver_step(a, 4, &err), &err);
+        CHECK_OK(mtl_solver_snapshot(a, snap, &err), &err);
+        CHECK_OK(mtl_solver_step(a, 3, &err), &err);
+        memcpy(straight, mtl_net_blob(a->train_net, "label")->data, sizeof(straight));
+        mtl_solver_free(a);
+    }
+    CHECK_OK(mtl_solver_from_string(with_data, tmp_dir, NULL, &b, &err), &err);
+    if (b) {
+        CHECK_OK(mtl_solver_restore(b, snap, &err), &err);
+        CHECK_OK(mtl_solver_step(b, 3, &err), &err);
+        memcpy(resumed, mtl_net_blob(b->train_net, "label")->data, sizeof(resumed));
+        CHECK(memcmp(straight, resumed, sizeof(straight)) == 0);
+        CHECK(straight[0] != 0.0f);
+        mtl_solver_free(b);
+    }
+    CHECK_OK(mtl_solver_from_string(with_input, tmp_dir, NULL, &a, &err), &err);
+    if (a) {
+        CHECK_OK(mtl_solver_snapshot(a, plain, &err), &err);
+        mtl_solver_free(a);
+    }
+    CHECK_OK(mtl_solver_from_string(with_data, tmp_dir, NULL, &b, &err), &err);
+    if (b) {
+        CHECK_FAILS(mtl_solver_restore(b, plain, &err), &err, MTL_ERR_CONFIG, "has no saved position for layer 'data'");
+        mtl_solver_free(b);
+    }
+}
+
 /* ---- ImageData ---------------------------------------------------------------------------------- */
 
 static int write_png(const char *path, int channels, int height, int width, int seed)
@@ -1051,6 +1106,7 @@ int main(void)
     test_many_epochs();
     test_resume();
     test_in_net();
+    test_solver_resume();
     test_image_data();
     test_memory_data();
     test_errors();
