@@ -105,7 +105,7 @@ static int write_db(const char *path, const db_spec *s)
 
 typedef struct built {
     mtl_layer *layer;
-    mtl_tensor *tops[2];
+    mtl_tensor *tops[3];
     int n_tops;
 } built;
 
@@ -115,6 +115,7 @@ static mtl_status build_layer(const char *text, mtl_phase phase, int n_tops, bui
     b->n_tops = n_tops;
     b->tops[0] = mtl_tensor_create("data");
     b->tops[1] = mtl_tensor_create("label");
+    b->tops[2] = mtl_tensor_create("im_info");
     mtl_status st = gradcheck_build(text, phase, NULL, 0, b->tops, n_tops, &b->layer, err);
     return st;
 }
@@ -124,6 +125,7 @@ static void free_built(built *b)
     gradcheck_free_layer(b->layer);
     mtl_tensor_free(b->tops[0]);
     mtl_tensor_free(b->tops[1]);
+    mtl_tensor_free(b->tops[2]);
     memset(b, 0, sizeof(*b));
 }
 
@@ -1091,6 +1093,96 @@ static void test_prefetch_errors(void)
     mtl_aligned_free(mine);
 }
 
+/* A detection database: 3 records of 8x10 pixels with 2, 0 and 1 boxes of categories 3 and 7. */
+static int write_box_db(const char *path)
+{
+    static const float boxes0[] = {3, 1, 2, 3, 4, /* class x y w h */ 7, 6, 0, 4, 8};
+    static const float boxes2[] = {7, 0.5f, 0.5f, 2, 2};
+    const float *boxes[3] = {boxes0, NULL, boxes2};
+    const int n_boxes[3] = {2, 0, 1};
+    uint8_t pixels[80] = {0};
+    mtl_error err = {0};
+    mtl_db_writer *w = NULL;
+    CHECK_OK(mtl_db_writer_open(path, &w, &err), &err);
+    if (!w)
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        mtl_record r = {.channels = 1, .height = 8, .width = 10, .n_boxes = n_boxes[i], .boxes = boxes[i],
+                        .n_bytes = sizeof(pixels), .data = pixels};
+        CHECK_OK(mtl_db_writer_put(w, i, &r, &err), &err);
+    }
+    char *names[] = {"shirt", "shoe", NULL};
+    int ids[] = {3, 7};
+    mtl_db_meta meta = {.count = 3, .channels = 1, .height = 8, .width = 10, .has_boxes = 1, .label_names = names,
+                        .category_ids = ids};
+    mtl_status st = mtl_db_writer_finish(w, &meta, &err);
+    CHECK_OK(st, &err);
+    return st == MTL_OK;
+}
+
+/* Detection data: box lists become gt_boxes rows (batch index, x1, y1, x2, y2, class) with the
+ * categories numbered from 1, im_info rows give the image size, and boxes follow a crop. */
+static void test_detection_data(void)
+{
+    const char *db = tmp_path("boxes_lmdb");
+    if (!write_box_db(db))
+        return;
+    built b;
+    if (!build_ok(layer_text("name: 'd' type: 'Data' data_param { source: '%s' batch_size: 3 }", db),
+                  MTL_PHASE_TEST, 3, &b))
+        return;
+    CHECK(shape_is(b.tops[1], 2, 0, 6, 0, 0));
+    if (step_ok(&b)) {
+        static const float want[3][6] = {{0, 1, 2, 4, 6, 1}, {0, 6, 0, 10, 8, 2}, {2, 0.5f, 0.5f, 2.5f, 2.5f, 2}};
+        CHECK(shape_is(b.tops[1], 2, 3, 6, 0, 0));
+        for (int r = 0; r < 3 && b.tops[1]->count == 18; r++)
+            for (int k = 0; k < 6; k++)
+                CHECK_NEAR(b.tops[1]->data[6 * r + k], want[r][k], 1e-6);
+        CHECK(shape_is(b.tops[2], 2, 3, 3, 0, 0));
+        for (int s = 0; s < 3; s++) {
+            CHECK_NEAR(b.tops[2]->data[3 * s], 8, 0);
+            CHECK_NEAR(b.tops[2]->data[3 * s + 1], 10, 0);
+            CHECK_NEAR(b.tops[2]->data[3 * s + 2], 1, 0);
+        }
+    }
+    free_built(&b);
+
+    /* a centred 6x6 crop at TEST starts at (2, 1): the boxes move by (-2, -1) and are clipped; the
+     * third (0.5..2.5) keeps 0.5 x 1.5 pixels and is dropped */
+    if (!build_ok(layer_text("name: 'd' type: 'Data' data_param { source: '%s' batch_size: 3 } "
+                             "transform_param { crop_size: 6 }", db),
+                  MTL_PHASE_TEST, 2, &b))
+        return;
+    if (step_ok(&b)) {
+        static const float want[2][6] = {{0, 0, 1, 2, 5, 1}, {0, 4, 0, 6, 6, 2}};
+        CHECK(shape_is(b.tops[1], 2, 2, 6, 0, 0));
+        for (int r = 0; r < 2 && b.tops[1]->count == 12; r++)
+            for (int k = 0; k < 6; k++)
+                CHECK_NEAR(b.tops[1]->data[6 * r + k], want[r][k], 1e-6);
+    }
+    free_built(&b);
+
+    /* a mirror maps x to width - x */
+    mtl_transform t = {.out_width = 10, .out_height = 8, .channels = 1, .height = 8, .width = 10};
+    float box[4] = {1, 2, 4, 5};
+    CHECK(mtl_transform_box(&t, (mtl_crop){0, 0, 1}, (mtl_warp){0.0f, 1.0f}, box));
+    CHECK_NEAR(box[0], 6, 1e-6);
+    CHECK_NEAR(box[1], 2, 1e-6);
+    CHECK_NEAR(box[2], 9, 1e-6);
+    CHECK_NEAR(box[3], 5, 1e-6);
+    /* a 90 degree turn about the centre (5, 4) maps the box's corners to a box of swapped sides */
+    float turned[4] = {4, 3, 6, 7};
+    CHECK(mtl_transform_box(&t, (mtl_crop){0, 0, 0}, (mtl_warp){90.0f, 1.0f}, turned));
+    CHECK_NEAR(turned[0], 2, 1e-5);
+    CHECK_NEAR(turned[1], 3, 1e-5);
+    CHECK_NEAR(turned[2], 6, 1e-5);
+    CHECK_NEAR(turned[3], 5, 1e-5);
+
+    check_build_fails(layer_text("name: 'd' type: 'Data' data_param { source: '%s' batch_size: 1 } "
+                                 "transform_param { landmarks { first_label: 0 count: 1 } }", db),
+                      2, MTL_ERR_CONFIG, "box lists");
+}
+
 int main(void)
 {
     snprintf(tmp_dir, sizeof(tmp_dir), "%s/mtl_data_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -1111,6 +1203,7 @@ int main(void)
     test_memory_data();
     test_errors();
     test_prefetch_errors();
+    test_detection_data();
     test_remove_tree(tmp_dir);
     return check_finish();
 }

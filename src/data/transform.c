@@ -440,6 +440,31 @@ void mtl_transform_points(const mtl_transform *t, mtl_crop crop, mtl_warp warp, 
         }
 }
 
+int mtl_transform_box(const mtl_transform *t, mtl_crop crop, mtl_warp warp, float *box)
+{
+    const geometry g = geometry_of(t, crop, warp);
+    const int ow = t->out_width, oh = t->out_height;
+    double lo_x = INFINITY, lo_y = INFINITY, hi_x = -INFINITY, hi_y = -INFINITY;
+    for (int corner = 0; corner < 4; corner++) {
+        double ux = box[corner & 1 ? 2 : 0] - g.cx, uy = box[corner & 2 ? 3 : 1] - g.cy;
+        double qx = g.ox + g.zoom * (g.cs * ux - g.sn * uy);
+        double qy = g.oy + g.zoom * (g.sn * ux + g.cs * uy);
+        if (crop.mirror)
+            qx = ow - qx;
+        lo_x = fmin(lo_x, qx);
+        hi_x = fmax(hi_x, qx);
+        lo_y = fmin(lo_y, qy);
+        hi_y = fmax(hi_y, qy);
+    }
+    double area = (hi_x - lo_x) * (hi_y - lo_y);
+    box[0] = (float)fmin(fmax(lo_x, 0.0), ow);
+    box[1] = (float)fmin(fmax(lo_y, 0.0), oh);
+    box[2] = (float)fmin(fmax(hi_x, 0.0), ow);
+    box[3] = (float)fmin(fmax(hi_y, 0.0), oh);
+    double w = box[2] - box[0], h = box[3] - box[1];
+    return w >= 2.0 && h >= 2.0 && w * h >= 0.25 * area;
+}
+
 void mtl_transform_points_resize(const mtl_transform *t, float sx, float sy, float *labels)
 {
     const mtl_landmarks *lm = &t->landmarks;

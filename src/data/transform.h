@@ -117,6 +117,11 @@ void mtl_transform_apply_warped(const mtl_transform *t, const mtl_pixels *src, m
  * missing (NaN) coordinate comes out missing in both. Other label columns are left alone. */
 void mtl_transform_points(const mtl_transform *t, mtl_crop crop, mtl_warp warp, float *labels);
 
+/* Moves one box (x1 y1 x2 y2, continuous pixel coordinates of the stored image) with the geometry
+ * the image got: its four corners are mapped as landmarks are, the box becomes their bounding box,
+ * clipped to the output image. Returns 0 when too little of it stays visible to be a target (under
+ * 2 pixels wide or high, or under a quarter of its mapped area): the caller drops it. */
+int mtl_transform_box(const mtl_transform *t, mtl_crop crop, mtl_warp warp, float *box /* 4 */);
 /* Scales the landmark labels by (sx, sy): the image was resized by these factors before the
  * transform (ImageData's new_width / new_height). */
 void mtl_transform_points_resize(const mtl_transform *t, float sx, float sy, float *labels);

@@ -115,7 +115,8 @@ struct loader {
     int64_t n;                 /* samples in one epoch */
     int64_t skip;              /* rand_skip: samples skipped at the very start */
     int n_labels;              /* K per sample */
-    int label_top;             /* the layer has a label top */
+    int label_top;             /* the layer has a label top (gt_boxes in a detection database) */
+    int64_t label_count;       /* floats per sample in the label array: K, or 1 + 5 max_boxes with boxes */
     mtl_transform tf;
     int64_t sample_count;      /* floats in one transformed sample */
 
@@ -135,6 +136,9 @@ struct loader {
     char *source;              /* absolute path */
     int64_t shard_rank, shard_count;
     int decode_channels;       /* for encoded records: 0 keep, 1 grey, 3 colour */
+    int has_boxes;             /* detection: tops data, gt_boxes (G, 6), optional im_info (N, 3) */
+    int max_boxes;             /* the most boxes a record of this shard holds */
+    const mtl_db_meta *meta;   /* category ids: a box's class becomes its position among them + 1 */
 
     /* ImageData */
     char *list;                /* absolute path of the list file */
@@ -171,7 +175,7 @@ static mtl_status loader_fill(void *ctx, int64_t batch, float *const *arrays, mt
                 epoch_order(ld, epoch);
             index = ld->order[index];
         }
-        float *labels = ld->label_top ? arrays[1] + (size_t)s * (size_t)ld->n_labels : NULL;
+        float *labels = ld->label_top ? arrays[1] + (size_t)s * (size_t)ld->label_count : NULL;
         mtl_status st = ld->sample(ld, index, hash3(ld->seed, STREAM_SAMPLE, (uint64_t)g),
                                    arrays[0] + (size_t)s * (size_t)ld->sample_count, labels, err);
         if (st != MTL_OK)
@@ -223,6 +227,8 @@ static mtl_status loader_finish_setup(mtl_layer *l, loader *ld, int64_t rand_ski
     if (ld->shuffle && !(ld->order = mtl_calloc_or_fail((size_t)ld->n, sizeof(int64_t), err, "shuffle order")))
         return MTL_ERR_NOMEM;
     ld->sample_count = (int64_t)ld->tf.out_channels * ld->tf.out_height * ld->tf.out_width;
+    if (!ld->has_boxes)
+        ld->label_count = ld->n_labels;
     return l->ops->reshape(l, err);
 }
 
@@ -231,7 +237,13 @@ static mtl_status loader_reshape(mtl_layer *l, mtl_error *err)
     loader *ld = l->priv;
     MTL_TRY(mtl_tensor_reshape4(l->tops[0], ld->batch_size, ld->tf.out_channels, ld->tf.out_height,
                                 ld->tf.out_width, err));
-    if (l->n_tops > 1) {
+    if (ld->has_boxes) {
+        /* the box count changes with every batch: forward sets it; until then an empty list */
+        if (l->tops[1]->ndim != 2 || l->tops[1]->shape[1] != 6)
+            MTL_TRY(mtl_tensor_reshape(l->tops[1], 2, (int[]){0, 6}, err));
+        if (l->n_tops > 2)
+            MTL_TRY(mtl_tensor_reshape(l->tops[2], 2, (int[]){ld->batch_size, 3}, err));
+    } else if (l->n_tops > 1) {
         int shape[2] = {ld->batch_size, ld->n_labels};
         MTL_TRY(mtl_tensor_reshape(l->tops[1], ld->n_labels == 1 ? 1 : 2, shape, err));
     }
@@ -240,7 +252,7 @@ static mtl_status loader_reshape(mtl_layer *l, mtl_error *err)
 
 static int64_t loader_count(const loader *ld, int i)
 {
-    return i == 0 ? (int64_t)ld->batch_size * ld->sample_count : (int64_t)ld->batch_size * ld->n_labels;
+    return (int64_t)ld->batch_size * (i == 0 ? ld->sample_count : ld->label_count);
 }
 
 static mtl_status loader_start(mtl_layer *l, loader *ld, mtl_error *err)
@@ -250,6 +262,35 @@ static mtl_status loader_start(mtl_layer *l, loader *ld, mtl_error *err)
         cfg.counts[i] = loader_count(ld, i);
     mtl_status st = mtl_prefetch_create(&cfg, ld->consumed, &ld->pf, err);
     return st == MTL_OK ? MTL_OK : layer_wrap(l, err, st, NULL);
+}
+
+/* Detection: each sample's slot holds its box count and that many (class, x1, y1, x2, y2); the
+ * gt_boxes top lists them all as rows (batch index, x1, y1, x2, y2, class), im_info gives each
+ * image's (height, width, scale). */
+static mtl_status boxes_to_tops(mtl_layer *l, loader *ld, const float *slots, mtl_error *err)
+{
+    int total = 0;
+    for (int s = 0; s < ld->batch_size; s++)
+        total += (int)slots[(size_t)s * (size_t)ld->label_count];
+    MTL_TRY(mtl_tensor_reshape(l->tops[1], 2, (int[]){total, 6}, err));
+    float *row = l->tops[1]->data;
+    for (int s = 0; s < ld->batch_size; s++) {
+        const float *slot = slots + (size_t)s * (size_t)ld->label_count;
+        for (int b = 0; b < (int)slot[0]; b++, row += 6) {
+            const float *box = slot + 1 + 5 * b;
+            row[0] = (float)s;
+            memcpy(row + 1, box + 1, 4 * sizeof(float));
+            row[5] = box[0];
+        }
+    }
+    if (l->n_tops > 2)
+        for (int s = 0; s < ld->batch_size; s++) {
+            float *info = l->tops[2]->data + 3 * s;
+            info[0] = (float)ld->tf.out_height;
+            info[1] = (float)ld->tf.out_width;
+            info[2] = 1.0f;
+        }
+    return MTL_OK;
 }
 
 /* Takes the next prefetched batch. A top whose storage is exactly one batch trades it with the
@@ -264,7 +305,8 @@ static mtl_status loader_forward(mtl_layer *l, mtl_error *err)
     for (int i = 0; i < n; i++) {
         mtl_tensor *t = l->tops[i];
         int64_t count = loader_count(ld, i);
-        direct[i] = t->owns_storage && t->capacity == count && t->count == count;
+        /* box lists are compacted from their fixed-size slots, never traded */
+        direct[i] = t->owns_storage && t->capacity == count && t->count == count && !(i == 1 && ld->has_boxes);
         if (!direct[i] && !ld->stage[i] && !(ld->stage[i] = mtl_aligned_alloc((size_t)count * sizeof(float))))
             return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for a batch");
         bufs[i] = direct[i] ? t->data : ld->stage[i];
@@ -276,7 +318,10 @@ static mtl_status loader_forward(mtl_layer *l, mtl_error *err)
         if (direct[i]) {
             l->tops[i]->data = bufs[i];
         } else {
-            memcpy(l->tops[i]->data, bufs[i], (size_t)loader_count(ld, i) * sizeof(float));
+            if (i == 1 && ld->has_boxes)
+                MTL_TRY(boxes_to_tops(l, ld, bufs[1], err));
+            else
+                memcpy(l->tops[i]->data, bufs[i], (size_t)loader_count(ld, i) * sizeof(float));
             ld->stage[i] = bufs[i];
         }
     }
@@ -379,6 +424,47 @@ static mtl_status check_batch_size(mtl_layer *l, const char *param, int64_t batc
 
 /* ---- Data ------------------------------------------------------------------------------------ */
 
+/* The class a network sees for a box: the position of its category id among the database's
+ * categories, plus one (0 is background); without a category list, the id itself. */
+static int box_class(const mtl_db_meta *meta, float id)
+{
+    if (!meta->category_ids)
+        return id >= 1.0f && id == floorf(id) && id < 1e6f ? (int)id : -1;
+    for (int c = 0; meta->label_names && meta->label_names[c]; c++)
+        if ((float)meta->category_ids[c] == id)
+            return c + 1;
+    return -1;
+}
+
+/* Writes one record's boxes into its slot (count, then class x1 y1 x2 y2 each), moved with the
+ * image's geometry; boxes that leave the image are dropped. */
+static mtl_status boxes_of_record(loader *ld, const mtl_record *r, const sample_geometry *geometry,
+                                  const char *what, float *slot, mtl_error *err)
+{
+    if (r->n_boxes > ld->max_boxes)
+        return mtl_fail(err, MTL_ERR_CORRUPT, "%s has %d boxes, more than the %d the layer found at setup", what,
+                        r->n_boxes, ld->max_boxes);
+    int kept = 0;
+    for (int b = 0; b < r->n_boxes; b++) {
+        float v[5];
+        for (int k = 0; k < 5; k++)
+            v[k] = mtl_record_box(r, 5 * b + k);
+        int cls = box_class(ld->meta, v[0]);
+        if (cls < 0)
+            return mtl_fail(err, MTL_ERR_CORRUPT, "%s: box %d has category %g, not one of the database's categories",
+                            what, b, v[0]);
+        float *out = slot + 1 + 5 * kept;
+        float box[4] = {v[1], v[2], v[1] + v[3], v[2] + v[4]};
+        if (!(v[3] > 0.0f && v[4] > 0.0f) || !mtl_transform_box(&ld->tf, geometry->crop, geometry->warp, box))
+            continue;
+        out[0] = (float)cls;
+        memcpy(out + 1, box, sizeof(box));
+        kept++;
+    }
+    slot[0] = (float)kept;
+    return MTL_OK;
+}
+
 static mtl_status data_sample(loader *ld, int64_t index, uint64_t bits, float *data, float *labels, mtl_error *err)
 {
     int64_t rec = ld->shard_rank + index * ld->shard_count;
@@ -406,11 +492,33 @@ static mtl_status data_sample(loader *ld, int64_t index, uint64_t bits, float *d
         mtl_pixels px = mtl_pixels_chw(r.data, r.channels, r.height, r.width);
         MTL_TRY(put_sample(ld, &px, bits, data, what, &geometry, err));
     }
+    if (labels && ld->has_boxes)
+        return boxes_of_record(ld, &r, &geometry, what, labels, err);
     if (labels) {
         for (int k = 0; k < ld->n_labels; k++)
             labels[k] = mtl_record_label(&r, k);
         mtl_transform_points(&ld->tf, geometry.crop, geometry.warp, labels);
     }
+    return MTL_OK;
+}
+
+/* A detection database's box slots are as large as its fullest record: one pass over the shard's
+ * record headers at setup finds it. Landmarks make no sense there. */
+static mtl_status scan_boxes(mtl_layer *l, loader *ld, mtl_error *err)
+{
+    if (ld->tf.landmarks.count)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "transform_param.landmarks needs label columns, and '%s' holds "
+                              "box lists", ld->source);
+    ld->max_boxes = 0;
+    for (int64_t i = 0; i < ld->n; i++) {
+        mtl_record r;
+        mtl_status st = mtl_db_get(ld->db, ld->shard_rank + i * ld->shard_count, &r, err);
+        if (st != MTL_OK)
+            return layer_wrap(l, err, st, NULL);
+        if (r.n_boxes > ld->max_boxes)
+            ld->max_boxes = r.n_boxes;
+    }
+    ld->label_count = 1 + 5 * (int64_t)ld->max_boxes;
     return MTL_OK;
 }
 
@@ -488,11 +596,18 @@ static mtl_status data_setup(mtl_layer *l, mtl_error *err)
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "database '%s' holds %lld records: none for shard %lld of %lld",
                               ld->source, (long long)count, (long long)ld->shard_rank, (long long)ld->shard_count);
     ld->n_labels = meta->n_labels;
-    if (ld->label_top && ld->n_labels <= 0)
-        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "top '%s' wants labels, but the records of '%s' have none%s",
-                              l->tops[1]->name ? l->tops[1]->name : "1", ld->source,
-                              meta->has_boxes ? " (box lists are not a top of the Data layer yet)" : "");
-    if (ld->label_top && (st = mtl_transform_check_labels(&ld->tf, ld->n_labels, err)) != MTL_OK)
+    ld->meta = meta;
+    ld->has_boxes = meta->has_boxes;
+    if (ld->has_boxes && (st = scan_boxes(l, ld, err)) != MTL_OK)
+        return st;
+    if (!ld->has_boxes && l->n_tops > 2)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
+                              "%d tops, but '%s' is not a detection database: its tops are data and label", l->n_tops,
+                              ld->source);
+    if (!ld->has_boxes && ld->label_top && ld->n_labels <= 0)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "top '%s' wants labels, but the records of '%s' have none",
+                              l->tops[1]->name ? l->tops[1]->name : "1", ld->source);
+    if (!ld->has_boxes && ld->label_top && (st = mtl_transform_check_labels(&ld->tf, ld->n_labels, err)) != MTL_OK)
         return layer_wrap(l, err, st, NULL);
 
     /* the first record of this shard fixes the batch's shape, as in Caffe */
@@ -512,7 +627,7 @@ const mtl_layer_ops mtl_layer_data = {
     .min_bottoms = 0,
     .max_bottoms = 0,
     .min_tops = 1,
-    .max_tops = 2,
+    .max_tops = 3,
     .no_backward = 1,
     .setup = data_setup,
     .reshape = loader_reshape,

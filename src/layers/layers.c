@@ -38,6 +38,13 @@ const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT] = {
     [MTL_LAYER_PAIR_LOSS] = &mtl_layer_pair_loss,
     [MTL_LAYER_L2_NORMALIZE] = &mtl_layer_l2_normalize,
     [MTL_LAYER_NME] = &mtl_layer_nme,
+    [MTL_LAYER_SMOOTH_L1_LOSS] = &mtl_layer_smooth_l1_loss,
+    [MTL_LAYER_ROI_POOLING] = &mtl_layer_roi_pooling,
+    [MTL_LAYER_ROI_ALIGN] = &mtl_layer_roi_align,
+    [MTL_LAYER_ANCHOR_TARGET] = &mtl_layer_anchor_target,
+    [MTL_LAYER_PROPOSAL] = &mtl_layer_proposal,
+    [MTL_LAYER_PROPOSAL_TARGET] = &mtl_layer_proposal_target,
+    [MTL_LAYER_DETECTION_OUTPUT] = &mtl_layer_detection_output,
 };
 
 static const char *layer_type_names[MTL_LAYER_TYPE_COUNT];

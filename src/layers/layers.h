@@ -40,6 +40,13 @@ typedef enum mtl_layer_type {
     MTL_LAYER_PAIR_LOSS,
     MTL_LAYER_L2_NORMALIZE,
     MTL_LAYER_NME,
+    MTL_LAYER_SMOOTH_L1_LOSS,
+    MTL_LAYER_ROI_POOLING,
+    MTL_LAYER_ROI_ALIGN,
+    MTL_LAYER_ANCHOR_TARGET,
+    MTL_LAYER_PROPOSAL,
+    MTL_LAYER_PROPOSAL_TARGET,
+    MTL_LAYER_DETECTION_OUTPUT,
     MTL_LAYER_TYPE_COUNT
 } mtl_layer_type;
 
@@ -77,6 +84,13 @@ extern const mtl_layer_ops mtl_layer_triplet_loss;
 extern const mtl_layer_ops mtl_layer_pair_loss;
 extern const mtl_layer_ops mtl_layer_l2_normalize;
 extern const mtl_layer_ops mtl_layer_nme;
+extern const mtl_layer_ops mtl_layer_smooth_l1_loss;
+extern const mtl_layer_ops mtl_layer_roi_pooling;
+extern const mtl_layer_ops mtl_layer_roi_align;
+extern const mtl_layer_ops mtl_layer_anchor_target;
+extern const mtl_layer_ops mtl_layer_proposal;
+extern const mtl_layer_ops mtl_layer_proposal_target;
+extern const mtl_layer_ops mtl_layer_detection_output;
 
 extern const mtl_layer_ops *const mtl_layer_table[MTL_LAYER_TYPE_COUNT];
 

@@ -1,7 +1,7 @@
-/* SigmoidCrossEntropyLoss (independent binary targets per value) and EuclideanLoss (regression,
- * with mtl's per-coordinate weights for landmark vectors), plus the loss_param reader every loss
- * shares. Targets that are mtl's missing-label marker (NaN) add nothing to either loss or its
- * gradient. */
+/* SigmoidCrossEntropyLoss (independent binary targets per value), EuclideanLoss (regression,
+ * with mtl's per-coordinate weights for landmark vectors) and SmoothL1Loss (Fast R-CNN's box
+ * regression, with inside and outside weights), plus the loss_param reader every loss shares.
+ * Targets that are mtl's missing-label marker (NaN) add nothing to a loss or its gradient. */
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -308,4 +308,153 @@ const mtl_layer_ops mtl_layer_euclidean_loss = {
     .forward = euclidean_forward,
     .backward = euclidean_backward,
     .release = euclidean_release,
+};
+
+/* ---- SmoothL1Loss ---------------------------------------------------------------------------
+ * Fast / Faster R-CNN's box regression loss. Bottoms: predictions, targets and optionally inside
+ * and outside weights (all four or neither), every one with the same number of values.
+ *   d = w_in (pred - target),  f(d) = 0.5 (sigma d)^2 if |d| < 1 / sigma^2, else |d| - 0.5 / sigma^2,
+ *   loss = sum w_out f(d) / Z
+ * smooth_l1_loss_param { sigma (1) }. Z is loss_param's normalization, by default BATCH_SIZE (the
+ * first axis of the predictions: what the fast-rcnn layer divides by); VALID counts the targets
+ * present and FULL all of them. Missing targets (NaN) add nothing, as in the other losses. The
+ * weights are constants (AnchorTarget / ProposalTarget outputs): Caffe gives them no gradient, and
+ * a requested one is zeros; the targets get the predictions' gradient negated. */
+typedef struct smooth_l1_priv {
+    mtl_loss_config loss;
+    float sigma2;
+    float *diff;        /* d, 0 where the target is missing */
+    int64_t cap;
+    double normalizer;  /* Z of the last forward */
+} smooth_l1_priv;
+
+static mtl_status smooth_l1_setup(mtl_layer *l, mtl_error *err)
+{
+    smooth_l1_priv *s = mtl_calloc_or_fail(1, sizeof(*s), err, "SmoothL1Loss state");
+    if (!s)
+        return MTL_ERR_NOMEM;
+    l->priv = s;
+    s->normalizer = 1.0;
+    if (l->n_bottoms == 3)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
+                              "3 bottoms: give predictions and targets, plus both inside and outside weights if any");
+    mtl_cfg_node *p;
+    double sigma;
+    MTL_TRY(mtl_layer_param_message(l, "smooth_l1_loss_param", &p, err));
+    MTL_TRY(mtl_cfg_float(p, "sigma", 1.0, &sigma, err));
+    if (!(sigma >= 1e-15 && sigma <= 1e15)) /* sigma^2 and 1 / sigma^2 must fit a float */
+        return mtl_cfg_fail(mtl_cfg_field(p, "sigma", 0), err, MTL_ERR_CONFIG,
+                            "sigma is %g: it must be positive and finite (at most 1e15, at least 1e-15)", sigma);
+    s->sigma2 = (float)(sigma * sigma);
+    MTL_TRY(mtl_loss_read_param(l, MTL_LOSS_NORM_BATCH_SIZE, &s->loss, err));
+    if (s->loss.has_ignore_label)
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
+                              "loss_param ignore_label does not apply to regression targets (a missing target is NaN)");
+    return MTL_OK;
+}
+
+static mtl_status smooth_l1_reshape(mtl_layer *l, mtl_error *err)
+{
+    smooth_l1_priv *s = l->priv;
+    const mtl_tensor *a = l->bottoms[0];
+    MTL_TRY(mtl_loss_check_batch(l, err));
+    static const char *const roles[] = {"predictions", "targets", "inside weights", "outside weights"};
+    for (int i = 1; i < l->n_bottoms; i++)
+        if (l->bottoms[i]->count != a->count) {
+            char as[128], bs[128];
+            return mtl_layer_fail(l, err, MTL_ERR_SHAPE,
+                                  "the %s (bottom %d, %s) need one value per prediction (bottom 0, %s)", roles[i], i,
+                                  mtl_tensor_shape_str(l->bottoms[i], bs, sizeof(bs)),
+                                  mtl_tensor_shape_str(a, as, sizeof(as)));
+        }
+    if (a->count > s->cap) {
+        float *d = malloc((size_t)a->count * sizeof(float));
+        if (!d)
+            return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for %lld differences", (long long)a->count);
+        free(s->diff);
+        s->diff = d;
+        s->cap = a->count;
+    }
+    return mtl_tensor_reshape(l->tops[0], 0, NULL, err);
+}
+
+static mtl_status smooth_l1_forward(mtl_layer *l, mtl_error *err)
+{
+    (void)err;
+    smooth_l1_priv *s = l->priv;
+    const float *a = l->bottoms[0]->data, *b = l->bottoms[1]->data;
+    const float *w_in = l->n_bottoms > 2 ? l->bottoms[2]->data : NULL;
+    const float *w_out = l->n_bottoms > 3 ? l->bottoms[3]->data : NULL;
+    const int64_t count = l->bottoms[0]->count;
+    const float sigma2 = s->sigma2, knee = 1.0f / s->sigma2;
+    double sum = 0.0;
+    int64_t present = 0;
+    for (int64_t i = 0; i < count; i++) {
+        if (mtl_label_is_missing(b[i])) {
+            s->diff[i] = 0.0f;
+            continue;
+        }
+        present++;
+        float d = a[i] - b[i];
+        if (w_in)
+            d *= w_in[i];
+        s->diff[i] = d;
+        float ad = fabsf(d);
+        float f = ad < knee ? 0.5f * d * d * sigma2 : ad - 0.5f * knee;
+        sum += w_out ? (double)w_out[i] * f : (double)f;
+    }
+    int64_t outer = l->bottoms[0]->shape[0];
+    s->normalizer = mtl_loss_normalizer(s->loss.normalization, outer, outer ? count / outer : 0, present);
+    l->tops[0]->data[0] = (float)(sum / s->normalizer);
+    return MTL_OK;
+}
+
+/* d loss / d pred = w_out w_in f'(d) / Z, f'(d) = sigma^2 d inside the knee, sign(d) outside; the
+ * targets get its negative. */
+static void smooth_l1_backward(mtl_layer *l)
+{
+    smooth_l1_priv *s = l->priv;
+    for (int i = 2; i < l->n_bottoms; i++)
+        if (l->propagate_down[i])
+            mtl_tensor_zero_grad(l->bottoms[i]);
+    const float *w_in = l->n_bottoms > 2 ? l->bottoms[2]->data : NULL;
+    const float *w_out = l->n_bottoms > 3 ? l->bottoms[3]->data : NULL;
+    const int64_t count = l->bottoms[0]->count;
+    const float sigma2 = s->sigma2, knee = 1.0f / s->sigma2;
+    const float scale = (float)(l->tops[0]->grad[0] / s->normalizer);
+    for (int i = 0; i < 2; i++) {
+        if (!l->propagate_down[i])
+            continue;
+        const float alpha = i == 0 ? scale : -scale;
+        float *dx = l->bottoms[i]->grad;
+        for (int64_t k = 0; k < count; k++) {
+            float d = s->diff[k];
+            float g = fabsf(d) < knee ? sigma2 * d : (d > 0 ? 1.0f : -1.0f);
+            if (w_in)
+                g *= w_in[k] * w_out[k];
+            dx[k] = alpha * g;
+        }
+    }
+}
+
+static void smooth_l1_release(mtl_layer *l)
+{
+    smooth_l1_priv *s = l->priv;
+    if (s)
+        free(s->diff);
+    free(s);
+    l->priv = NULL;
+}
+
+const mtl_layer_ops mtl_layer_smooth_l1_loss = {
+    .type = "SmoothL1Loss",
+    .min_bottoms = 2,
+    .max_bottoms = 4,
+    .min_tops = 1,
+    .max_tops = 1,
+    .setup = smooth_l1_setup,
+    .reshape = smooth_l1_reshape,
+    .forward = smooth_l1_forward,
+    .backward = smooth_l1_backward,
+    .release = smooth_l1_release,
 };

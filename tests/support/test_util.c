@@ -17,7 +17,7 @@ mtl_tensor *test_tensor_n(int ndim, const int *shape, const float *values)
         fprintf(stderr, "test_tensor: %s\n", t ? err.message : "out of memory");
         exit(1);
     }
-    if (values)
+    if (values && t->count > 0)
         memcpy(t->data, values, (size_t)t->count * sizeof(float));
     return t;
 }
