@@ -36,6 +36,6 @@ int cli_fail(const mtl_error *err);   /* prints "mtl: error: ..." and returns CL
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 extern const cli_command cli_train, cli_test, cli_describe, cli_time, cli_convert, cli_dataset, cli_predict, cli_plot;
-extern const cli_command cli_embed, cli_verify;
+extern const cli_command cli_embed, cli_verify, cli_detect, cli_evaluate_detections;
 
 #endif

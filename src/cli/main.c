@@ -16,13 +16,15 @@ static const cli_command *const commands[] = {
     &cli_plot,
     &cli_embed,
     &cli_verify,
+    &cli_detect,
+    &cli_evaluate_detections,
 };
 
 static void print_help(FILE *out)
 {
     fprintf(out, "mtl: multi-task deep learning\n\nusage: mtl <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(out, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
+        fprintf(out, "  %-20s %s\n", commands[i]->name, commands[i]->summary);
     fprintf(out, "\n'mtl <command> --help' describes a command.\n");
 }
 

@@ -4,16 +4,15 @@
  * With --draw, also a PNG per image with the predicted landmarks as dots and the other outputs as
  * text, in a small built-in 5x7 bitmap font. */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "core/net.h"
-#include "core/snapshot.h"
 #include "data/image.h"
+#include "draw.h"
+#include "image_input.h"
 #include "mtl/mtl.h"
 
 static const char predict_usage[] =
@@ -68,10 +67,7 @@ typedef struct label_set {
 
 typedef struct predict_config {
     const char *model, *weights;
-    float scale;
-    int n_mean;
-    float mean[3];
-    int force_gray, force_color;
+    cli_pixels pixels;
     int top_k, json, batch;
     int n_labels;
     label_set *labels;
@@ -163,37 +159,6 @@ static int extract_labels(int argc, char **argv, const cli_option *options, int 
     return 0;
 }
 
-static int parse_float(const char *option, const char *text, float *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end || errno == ERANGE || !isfinite(v))
-        return cli_usage_error(&cli_predict, "--%s needs a number, not '%s'", option, text);
-    *out = (float)v;
-    return 0;
-}
-
-static int parse_mean(const char *text, predict_config *cfg)
-{
-    char buf[256];
-    if (strlen(text) >= sizeof(buf))
-        return cli_usage_error(&cli_predict, "--mean '%s' is too long", text);
-    strcpy(buf, text);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (cfg->n_mean == 3)
-            return cli_usage_error(&cli_predict, "--mean takes one value or one per channel (at most 3): '%s'",
-                                   text);
-        int rc = parse_float("mean", tok, &cfg->mean[cfg->n_mean++]);
-        if (rc)
-            return rc;
-    }
-    if (cfg->n_mean == 0)
-        return cli_usage_error(&cli_predict, "--mean needs a number, not '%s'", text);
-    return 0;
-}
-
 /* Reads the options; returns 0, CLI_USAGE, or -1 after --help. */
 static int parse_arguments(int argc, char **argv, predict_config *cfg, const char ***images, int *n_images)
 {
@@ -222,15 +187,9 @@ static int parse_arguments(int argc, char **argv, predict_config *cfg, const cha
         return cli_usage_error(&cli_predict, "--model and --weights are required");
     if (*n_images == 0)
         return cli_usage_error(&cli_predict, "no IMAGE given");
+    if ((rc = cli_pixels_parse(&cli_predict, options, n_opts, &cfg->pixels)))
+        return rc;
     const char *text;
-    if ((text = cli_value(options, n_opts, "scale")) && (rc = parse_float("scale", text, &cfg->scale)))
-        return rc;
-    if ((text = cli_value(options, n_opts, "mean")) && (rc = parse_mean(text, cfg)))
-        return rc;
-    cfg->force_gray = cli_value(options, n_opts, "gray") != NULL;
-    cfg->force_color = cli_value(options, n_opts, "color") != NULL;
-    if (cfg->force_gray && cfg->force_color)
-        return cli_usage_error(&cli_predict, "give --gray or --color, not both");
     cfg->json = cli_value(options, n_opts, "json") != NULL;
     long v;
     if ((text = cli_value(options, n_opts, "top"))) {
@@ -258,60 +217,6 @@ static int parse_arguments(int argc, char **argv, predict_config *cfg, const cha
     if (cfg->draw_dir && !cfg->draw_dir[0])
         return cli_usage_error(&cli_predict, "--draw needs a directory");
     return 0;
-}
-
-/* The net's parameters from the snapshot, all of them: a deploy net predicting with some layers
- * left at their initial values would print confident nonsense, so anything missing is an error. */
-static mtl_status load_weights(mtl_net *net, const char *path, mtl_error *err)
-{
-    mtl_snapshot *snap = NULL;
-    MTL_TRY(mtl_snapshot_read(path, &snap, err));
-    char *report = NULL;
-    size_t report_size = 0;
-    FILE *rf = open_memstream(&report, &report_size);
-    mtl_snapshot_match match = {0};
-    mtl_status st = mtl_snapshot_load_weights(snap, net, rf, &match, err);
-    if (rf)
-        fclose(rf);
-    mtl_snapshot_free(snap);
-    if (st == MTL_OK && (match.missing || match.mismatched)) {
-        /* the report's own lines name each parameter that does not fit */
-        for (char *line = report, *next; line && *line; line = next) {
-            next = strchr(line, '\n');
-            if (next)
-                *next++ = '\0';
-            if (strncmp(line, "  missing", 9) == 0 || strncmp(line, "  mismatch", 10) == 0)
-                fprintf(stderr, "%s\n", line);
-        }
-        st = mtl_fail(err, MTL_ERR_SHAPE,
-                      "weights '%s' do not fit net '%s': %d parameters missing from the file, %d with another "
-                      "shape (listed above); the deploy net's layers must keep the trained net's names and sizes",
-                      path, net->name ? net->name : "", match.missing, match.mismatched);
-    }
-    free(report);
-    return st;
-}
-
-/* The blob the images go into: 'data', else the first input blob; N x C x H x W with C 1 or 3. */
-static mtl_status find_input(const mtl_net *net, const char *model, mtl_tensor **out, mtl_error *err)
-{
-    if (net->n_inputs == 0)
-        return mtl_fail(err, MTL_ERR_CONFIG,
-                        "net '%s' has no input blob: predict needs a deploy net with an Input layer (or input: and "
-                        "input_shape), not a net that reads a database",
-                        model);
-    mtl_tensor *t = net->blobs[net->input_blobs[0]];
-    for (int k = 0; k < net->n_inputs; k++)
-        if (strcmp(net->blobs[net->input_blobs[k]]->name, "data") == 0)
-            t = net->blobs[net->input_blobs[k]];
-    char shape[128];
-    if (t->ndim != 4 || (t->shape[1] != 1 && t->shape[1] != 3) || t->shape[2] <= 0 || t->shape[3] <= 0)
-        return mtl_fail(err, MTL_ERR_SHAPE,
-                        "input blob '%s' of net '%s' has shape %s: predict needs N x C x H x W with C 1 (grey) or 3 "
-                        "(RGB)",
-                        t->name, model, mtl_tensor_shape_str(t, shape, sizeof(shape)));
-    *out = t;
-    return MTL_OK;
 }
 
 static int is_input(const mtl_net *net, int blob)
@@ -361,34 +266,6 @@ static int check_labels(const predict_config *cfg, const mtl_net *net, int batch
                                    set->n_names, found->name, (long long)per_image);
     }
     return 0;
-}
-
-/* Decodes one image into x (C x H x W): resized when needed, (pixel - mean) * scale. */
-static mtl_status load_image(const char *path, const predict_config *cfg, int channels, int height, int width,
-                             float *x, mtl_error *err)
-{
-    /* --gray decodes grey whatever the net's channels; the grey plane then fills each channel */
-    int decode = cfg->force_gray ? 1 : channels;
-    mtl_image img = {0};
-    MTL_TRY(mtl_image_load(path, decode, &img, err));
-    if (img.width != width || img.height != height) {
-        mtl_image resized = {0};
-        mtl_status st = mtl_image_resize(&img, width, height, &resized, err);
-        mtl_image_free(&img);
-        if (st != MTL_OK)
-            return mtl_error_prefix(err, "resizing '%s' to %dx%d: ", path, width, height);
-        img = resized;
-    }
-    const int ic = img.channels;
-    for (int c = 0; c < channels; c++) {
-        float mean = cfg->n_mean == 0 ? 0.0f : cfg->mean[cfg->n_mean == 1 ? 0 : c];
-        const uint8_t *src = img.pixels + (ic == 1 ? 0 : c);
-        float *dst = x + (size_t)c * (size_t)height * (size_t)width;
-        for (size_t i = 0, n = (size_t)height * (size_t)width; i < n; i++)
-            dst[i] = ((float)src[i * (size_t)ic] - mean) * cfg->scale;
-    }
-    mtl_image_free(&img);
-    return MTL_OK;
 }
 
 /* A probability vector: at least two values, none negative, summing to 1 (within float rounding
@@ -524,107 +401,17 @@ static mtl_status print_json(const char *image, const predict_config *cfg, const
 
 /* ---- --draw ----------------------------------------------------------------------------------- */
 
-/* A 5x7 bitmap font for what the drawings need: digits, letters (lower case drawn as upper case)
- * and a little punctuation; anything else is drawn as '?'. Row r of a glyph is font_rows[g][r],
- * bit 4 the leftmost pixel. */
-static const char font_chars[] = " %()+,-./0123456789:=?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_";
-static const uint8_t font_rows[][7] = {
-    {0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}, /*   */
-    {0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03}, /* % */
-    {0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02}, /* ( */
-    {0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08}, /* ) */
-    {0x00, 0x04, 0x04, 0x1f, 0x04, 0x04, 0x00}, /* + */
-    {0x00, 0x00, 0x00, 0x00, 0x0c, 0x04, 0x08}, /* , */
-    {0x00, 0x00, 0x00, 0x1f, 0x00, 0x00, 0x00}, /* - */
-    {0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x0c}, /* . */
-    {0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00}, /* / */
-    {0x0e, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0e}, /* 0 */
-    {0x04, 0x0c, 0x04, 0x04, 0x04, 0x04, 0x0e}, /* 1 */
-    {0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f}, /* 2 */
-    {0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e}, /* 3 */
-    {0x02, 0x06, 0x0a, 0x12, 0x1f, 0x02, 0x02}, /* 4 */
-    {0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e}, /* 5 */
-    {0x06, 0x08, 0x10, 0x1e, 0x11, 0x11, 0x0e}, /* 6 */
-    {0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08}, /* 7 */
-    {0x0e, 0x11, 0x11, 0x0e, 0x11, 0x11, 0x0e}, /* 8 */
-    {0x0e, 0x11, 0x11, 0x0f, 0x01, 0x02, 0x0c}, /* 9 */
-    {0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00}, /* : */
-    {0x00, 0x00, 0x1f, 0x00, 0x1f, 0x00, 0x00}, /* = */
-    {0x0e, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04}, /* ? */
-    {0x0e, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11}, /* A */
-    {0x1e, 0x11, 0x11, 0x1e, 0x11, 0x11, 0x1e}, /* B */
-    {0x0e, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0e}, /* C */
-    {0x1c, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1c}, /* D */
-    {0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x1f}, /* E */
-    {0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x10}, /* F */
-    {0x0e, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0f}, /* G */
-    {0x11, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11}, /* H */
-    {0x0e, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e}, /* I */
-    {0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0c}, /* J */
-    {0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11}, /* K */
-    {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1f}, /* L */
-    {0x11, 0x1b, 0x15, 0x15, 0x11, 0x11, 0x11}, /* M */
-    {0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11}, /* N */
-    {0x0e, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e}, /* O */
-    {0x1e, 0x11, 0x11, 0x1e, 0x10, 0x10, 0x10}, /* P */
-    {0x0e, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0d}, /* Q */
-    {0x1e, 0x11, 0x11, 0x1e, 0x14, 0x12, 0x11}, /* R */
-    {0x0f, 0x10, 0x10, 0x0e, 0x01, 0x01, 0x1e}, /* S */
-    {0x1f, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04}, /* T */
-    {0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e}, /* U */
-    {0x11, 0x11, 0x11, 0x11, 0x11, 0x0a, 0x04}, /* V */
-    {0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0a}, /* W */
-    {0x11, 0x11, 0x0a, 0x04, 0x0a, 0x11, 0x11}, /* X */
-    {0x11, 0x11, 0x0a, 0x04, 0x04, 0x04, 0x04}, /* Y */
-    {0x1f, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1f}, /* Z */
-    {0x0e, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0e}, /* [ */
-    {0x0e, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0e}, /* ] */
-    {0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1f}, /* _ */
-};
-
-enum { FONT_W = 5, FONT_H = 7, FONT_ADVANCE = 6, LINE_H = 10, DRAW_MIN_SIDE = 256 };
-
-typedef struct canvas {
-    int width, height;
-    uint8_t *rgb; /* height x width x 3 */
-} canvas;
-
-static void put_pixel(canvas *c, int x, int y, const uint8_t color[3])
-{
-    if (x < 0 || y < 0 || x >= c->width || y >= c->height)
-        return;
-    memcpy(c->rgb + ((size_t)y * (size_t)c->width + (size_t)x) * 3, color, 3);
-}
-
-static void draw_char(canvas *c, int x, int y, char ch, const uint8_t color[3])
-{
-    if (ch >= 'a' && ch <= 'z')
-        ch = (char)(ch - 'a' + 'A');
-    const char *at = ch ? strchr(font_chars, ch) : NULL;
-    if (!at)
-        at = strchr(font_chars, '?');
-    const uint8_t *rows = font_rows[at - font_chars];
-    for (int r = 0; r < FONT_H; r++)
-        for (int k = 0; k < FONT_W; k++)
-            if (rows[r] & (0x10 >> k))
-                put_pixel(c, x + k, y + r, color);
-}
-
-static void draw_text(canvas *c, int x, int y, const char *text, const uint8_t color[3])
-{
-    for (; *text; text++, x += FONT_ADVANCE)
-        draw_char(c, x, y, *text, color);
-}
+enum { LINE_H = 10 };
 
 /* A dot of radius r with a dark rim, so it shows on light and dark items alike. */
-static void draw_dot(canvas *c, double cx, double cy, int r, const uint8_t color[3])
+static void draw_dot(cli_canvas *c, double cx, double cy, int r, const uint8_t color[3])
 {
     static const uint8_t rim[3] = {0, 0, 0};
     for (int dy = -r - 1; dy <= r + 1; dy++)
         for (int dx = -r - 1; dx <= r + 1; dx++) {
             double d2 = (double)dx * dx + (double)dy * dy;
             if (d2 <= (r + 1.0) * (r + 1.0))
-                put_pixel(c, (int)floor(cx) + dx, (int)floor(cy) + dy, d2 <= (double)r * r ? color : rim);
+                cli_put_pixel(c, (int)floor(cx) + dx, (int)floor(cy) + dy, d2 <= (double)r * r ? color : rim);
         }
 }
 
@@ -656,21 +443,11 @@ static void output_line(const predict_config *cfg, const mtl_tensor *t, const fl
         snprintf(buf + used, size - used, "]");
 }
 
-/* DIR/NNNNN_NAME.png for image `index` of the arguments (NAME: its file name without extension). */
-static void draw_path(const char *dir, int index, const char *image, char *buf, size_t size)
-{
-    const char *base = strrchr(image, '/');
-    base = base ? base + 1 : image;
-    const char *dot = strrchr(base, '.');
-    int len = dot && dot != base ? (int)(dot - base) : (int)strlen(base);
-    snprintf(buf, size, "%s/%05d_%.*s.png", dir, index, len, base);
-}
-
 static const uint8_t point_colors[8][3] = {{255, 64, 64}, {64, 224, 64},  {64, 128, 255}, {255, 224, 32},
                                            {255, 64, 255}, {32, 224, 224}, {255, 160, 32}, {255, 255, 255}};
 
 /* Draws image `sample` of the batch: the image resized to the net's input (what the net saw),
- * enlarged by a whole factor to at least DRAW_MIN_SIDE pixels, the landmarks as dots numbered in
+ * enlarged by a whole factor to at least CLI_DRAW_MIN_SIDE pixels, the landmarks as dots numbered in
  * their order, and a text panel below with one line per other output. */
 static mtl_status draw_image(const char *image, int index, const predict_config *cfg, const mtl_net *net,
                              int sample, int height, int width, int64_t *idx, mtl_error *err)
@@ -686,7 +463,7 @@ static mtl_status draw_image(const char *image, int index, const predict_config 
         img = resized;
     }
     const int side = width > height ? width : height;
-    const int f = side >= DRAW_MIN_SIDE ? 1 : (DRAW_MIN_SIDE + side - 1) / side;
+    const int f = side >= CLI_DRAW_MIN_SIDE ? 1 : (CLI_DRAW_MIN_SIDE + side - 1) / side;
     char lines[16][256];
     int n_lines = 0, longest = 0;
     const mtl_tensor *points = NULL;
@@ -706,9 +483,9 @@ static mtl_status draw_image(const char *image, int index, const predict_config 
         int len = (int)strlen(lines[n_lines++]);
         longest = len > longest ? len : longest;
     }
-    canvas c = {.width = width * f, .height = height * f + (n_lines ? n_lines * LINE_H + 4 : 0)};
-    if (longest * FONT_ADVANCE + 4 > c.width)
-        c.width = longest * FONT_ADVANCE + 4;
+    cli_canvas c = {.width = width * f, .height = height * f + (n_lines ? n_lines * LINE_H + 4 : 0)};
+    if (longest * CLI_FONT_ADVANCE + 4 > c.width)
+        c.width = longest * CLI_FONT_ADVANCE + 4;
     if (!(c.rgb = calloc((size_t)c.width * (size_t)c.height, 3))) {
         mtl_image_free(&img);
         return mtl_fail(err, MTL_ERR_NOMEM, "out of memory drawing '%s'", image);
@@ -734,14 +511,14 @@ static mtl_status draw_image(const char *image, int index, const predict_config 
             draw_dot(&c, x * f, y * f, r, color);
             char label[24];
             snprintf(label, sizeof(label), "%lld", (long long)(p / 2));
-            draw_text(&c, (int)floor(x * f) + r + 3, (int)floor(y * f) - FONT_H / 2, label, color);
+            cli_draw_text(&c, (int)floor(x * f) + r + 3, (int)floor(y * f) - CLI_FONT_H / 2, label, color);
         }
     }
     static const uint8_t white[3] = {255, 255, 255};
     for (int i = 0; i < n_lines; i++)
-        draw_text(&c, 2, height * f + 4 + i * LINE_H, lines[i], white);
+        cli_draw_text(&c, 2, height * f + 4 + i * LINE_H, lines[i], white);
     char path[4096];
-    draw_path(cfg->draw_dir, index, image, path, sizeof(path));
+    cli_draw_path(cfg->draw_dir, index, image, path, sizeof(path));
     mtl_image out = {.width = c.width, .height = c.height, .channels = 3, .pixels = c.rgb};
     mtl_status st = mtl_image_write_png(path, &out, err);
     free(c.rgb);
@@ -753,12 +530,9 @@ static int check_draw(const predict_config *cfg, const mtl_net *net, int batch)
 {
     if (!cfg->draw_dir)
         return 0;
-    if (mkdir(cfg->draw_dir, 0777) != 0 && errno != EEXIST)
-        return cli_usage_error(&cli_predict, "--draw: cannot create directory '%s': %s", cfg->draw_dir,
-                               strerror(errno));
-    struct stat sb;
-    if (stat(cfg->draw_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return cli_usage_error(&cli_predict, "--draw: '%s' is not a directory", cfg->draw_dir);
+    int rc = cli_draw_dir(&cli_predict, cfg->draw_dir);
+    if (rc)
+        return rc;
     if (!cfg->landmarks)
         return 0;
     for (int k = 0; k < net->n_outputs; k++) {
@@ -813,20 +587,15 @@ static int predict(const predict_config *cfg, const char **images, int n_images)
     if (mtl_net_from_file(cfg->model, &opts, &net, &err) != MTL_OK)
         return cli_fail(&err);
     mtl_tensor *input = NULL;
-    mtl_status st = find_input(net, cfg->model, &input, &err);
+    mtl_status st = cli_find_image_input(net, cfg->model, "predict", &input, &err);
     if (st == MTL_OK)
-        st = load_weights(net, cfg->weights, &err);
+        st = cli_load_weights(net, cfg->weights, &err);
     if (st != MTL_OK) {
         mtl_net_free(net);
         return cli_fail(&err);
     }
     const int channels = input->shape[1], height = input->shape[2], width = input->shape[3];
-    int rc = CLI_OK;
-    if (cfg->force_color && channels != 3)
-        rc = cli_usage_error(&cli_predict, "--color, but input blob '%s' has %d channel(s)", input->name, channels);
-    else if (cfg->n_mean > 1 && cfg->n_mean != channels)
-        rc = cli_usage_error(&cli_predict, "--mean gives %d values, input blob '%s' has %d channels", cfg->n_mean,
-                             input->name, channels);
+    int rc = cli_pixels_check(&cli_predict, &cfg->pixels, input);
     const int batch = n_images < cfg->batch ? n_images : cfg->batch;
     int shape[4] = {batch, channels, height, width};
     if (rc == CLI_OK) {
@@ -858,8 +627,8 @@ static int predict(const predict_config *cfg, const char **images, int n_images)
         mtl_status load_st = MTL_OK;
         mtl_error load_err = {0};
         while (st == MTL_OK && loaded < n) {
-            load_st = load_image(images[start + loaded], cfg, channels, height, width,
-                                 input->data + (size_t)loaded * per_image, &load_err);
+            load_st = cli_load_image(images[start + loaded], &cfg->pixels, channels, height, width,
+                                     input->data + (size_t)loaded * per_image, NULL, NULL, &load_err);
             if (load_st != MTL_OK)
                 break;
             loaded++;
@@ -881,7 +650,7 @@ static int predict(const predict_config *cfg, const char **images, int n_images)
 
 static int run_predict(int argc, char **argv)
 {
-    predict_config cfg = {.scale = 1.0f, .top_k = 1, .batch = PREDICT_DEFAULT_BATCH};
+    predict_config cfg = {.pixels = CLI_PIXELS_DEFAULT, .top_k = 1, .batch = PREDICT_DEFAULT_BATCH};
     const char **images = NULL;
     int n_images = 0;
     int rc = parse_arguments(argc, argv, &cfg, &images, &n_images);
