@@ -1,7 +1,8 @@
 /* ROIPooling and ROIAlign: finite-difference gradients w.r.t. the features for hand-placed rois
  * (several images, different sizes, partly and wholly off the map, inverted, odd pooled sizes),
  * forwards and backwards worked out by hand on a 4x4 map, empty roi sets, bad configurations and
- * rois, and the threaded loops against one thread. */
+ * rois, the threaded loops against one thread, and ROIAlign against Detectron2's per-channel loops
+ * written out directly. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -526,6 +527,168 @@ static void test_threads(void)
     }
 }
 
+/* ---- ROIAlign against a direct implementation --------------------------------------------------
+ * The layer samples a channels-last copy of the features and splits channels among threads in
+ * blocks of 16; here 37 channels (two whole blocks and a ragged one) and 1, 2 and 3 threads are
+ * compared with Detectron2's per-channel loops written out plainly (four weights per sample:
+ * equal up to rounding), and the thread counts with each other bit for bit. */
+
+/* Detectron2's bilinear_interpolate as taps: 0 for a sample more than a cell off the map, else
+ * four in-plane indices and weights. */
+static int ref_align_taps(int height, int width, float y, float x, int idx[4], float w[4])
+{
+    if (y < -1.0f || y > (float)height || x < -1.0f || x > (float)width)
+        return 0;
+    y = y <= 0 ? 0 : y;
+    x = x <= 0 ? 0 : x;
+    int y0 = (int)y, x0 = (int)x, y1 = y0 + 1, x1 = x0 + 1;
+    if (y0 >= height - 1) {
+        y0 = y1 = height - 1;
+        y = (float)y0;
+    }
+    if (x0 >= width - 1) {
+        x0 = x1 = width - 1;
+        x = (float)x0;
+    }
+    float ly = y - (float)y0, lx = x - (float)x0, hy = 1 - ly, hx = 1 - lx;
+    idx[0] = y0 * width + x0;
+    idx[1] = y0 * width + x1;
+    idx[2] = y1 * width + x0;
+    idx[3] = y1 * width + x1;
+    w[0] = hy * hx;
+    w[1] = hy * lx;
+    w[2] = ly * hx;
+    w[3] = ly * lx;
+    return 4;
+}
+
+/* y (R, C, ph, pw) from x (N, C, H, W), and dx from dy (dy NULL: forward only). */
+static void ref_align(const float *x, const int xs[4], const float *rois, int n_rois, int pooled_h, int pooled_w,
+                      float scale, int ratio, int aligned, float *y, const float *dy, float *dx)
+{
+    const int channels = xs[1], height = xs[2], width = xs[3], plane = height * width;
+    if (dx)
+        memset(dx, 0, sizeof(float) * (size_t)(xs[0] * channels * plane));
+    for (int r = 0; r < n_rois; r++) {
+        const float *roi = rois + r * 5;
+        float off = aligned ? 0.5f : 0.0f;
+        float x0 = roi[1] * scale - off, y0 = roi[2] * scale - off;
+        float rw = roi[3] * scale - off - x0, rh = roi[4] * scale - off - y0;
+        if (!aligned) {
+            rw = rw < 1 ? 1 : rw;
+            rh = rh < 1 ? 1 : rh;
+        }
+        float bin_h = rh / (float)pooled_h, bin_w = rw / (float)pooled_w;
+        int gh = ratio > 0 ? ratio : (int)ceil((double)rh / pooled_h);
+        int gw = ratio > 0 ? ratio : (int)ceil((double)rw / pooled_w);
+        float count = gh * gw > 1 ? (float)(gh * gw) : 1.0f;
+        for (int c = 0; c < channels; c++) {
+            const float *xc = x + ((int)roi[0] * channels + c) * plane;
+            for (int ph = 0; ph < pooled_h; ph++)
+                for (int pw = 0; pw < pooled_w; pw++) {
+                    int o = ((r * channels + c) * pooled_h + ph) * pooled_w + pw;
+                    float sum = 0;
+                    for (int iy = 0; iy < gh; iy++)
+                        for (int ix = 0; ix < gw; ix++) {
+                            float sy = y0 + (float)ph * bin_h + ((float)iy + 0.5f) * bin_h / (float)gh;
+                            float sx = x0 + (float)pw * bin_w + ((float)ix + 0.5f) * bin_w / (float)gw;
+                            int idx[4];
+                            float w[4];
+                            int n_taps = ref_align_taps(height, width, sy, sx, idx, w);
+                            for (int k = 0; k < n_taps; k++) {
+                                sum += w[k] * xc[idx[k]];
+                                if (dx)
+                                    dx[((int)roi[0] * channels + c) * plane + idx[k]] += w[k] * dy[o] / count;
+                            }
+                        }
+                    y[o] = sum / count;
+                }
+        }
+    }
+}
+
+static void test_roi_align_reference(void)
+{
+    static const struct {
+        const char *layer;
+        int pooled_h, pooled_w, ratio, aligned;
+        float scale;
+    } cases[] = {
+        {"type: 'ROIAlign' roi_align_param { pooled_h: 3 pooled_w: 4 spatial_scale: 0.5 }", 3, 4, 2, 1, 0.5f},
+        {"type: 'ROIAlign' roi_align_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 sampling_ratio: 0 "
+         "aligned: false }",
+         3, 2, 0, 0, 0.5f},
+    };
+    enum { N_ROIS = 30 };
+    const int xs[4] = {2, 37, 9, 11};
+    mtl_rng rng;
+    mtl_rng_seed(&rng, 17);
+    float roi_values[N_ROIS * 5];
+    for (int r = 0; r < N_ROIS; r++) {
+        /* in image pixels (twice the map), some partly off the map and some inverted */
+        float x1 = mtl_rng_range(&rng, -6, 22), y1 = mtl_rng_range(&rng, -6, 18);
+        float *row = roi_values + r * 5;
+        row[0] = (float)(r % 2);
+        row[1] = x1;
+        row[2] = y1;
+        row[3] = x1 + mtl_rng_range(&rng, -3, 16);
+        row[4] = y1 + mtl_rng_range(&rng, -3, 16);
+    }
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        mtl_error err;
+        mtl_tensor *x = test_tensor((int[]){xs[0], xs[1], xs[2], xs[3], 0}, NULL);
+        mtl_tensor *rois = test_tensor((int[]){N_ROIS, 5, 0}, roi_values);
+        mtl_tensor *top = mtl_tensor_create("top");
+        mtl_tensor *bottoms[2] = {x, rois};
+        mtl_layer *l = NULL;
+        gradcheck_fill(x, -1, 1, 21);
+        CHECK_OK(gradcheck_build(cases[k].layer, MTL_PHASE_TRAIN, bottoms, 2, &top, 1, &l, &err), &err);
+        if (!l)
+            continue;
+        const int top_count = N_ROIS * xs[1] * cases[k].pooled_h * cases[k].pooled_w;
+        const int x_count = xs[0] * xs[1] * xs[2] * xs[3];
+        float *dy = malloc(sizeof(float) * (size_t)top_count), *y_ref = malloc(sizeof(float) * (size_t)top_count);
+        float *dx_ref = malloc(sizeof(float) * (size_t)x_count), *y_one = malloc(sizeof(float) * (size_t)top_count);
+        float *dx_one = malloc(sizeof(float) * (size_t)x_count);
+        mtl_rng_seed(&rng, 23);
+        for (int i = 0; i < top_count; i++)
+            dy[i] = mtl_rng_range(&rng, -1, 1);
+        ref_align(x->data, xs, roi_values, N_ROIS, cases[k].pooled_h, cases[k].pooled_w, cases[k].scale,
+                  cases[k].ratio, cases[k].aligned, y_ref, dy, dx_ref);
+        for (int threads = 1; threads <= 3; threads++) {
+            set_threads(threads);
+            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_INT(top->count, top_count);
+            if (top->count != top_count)
+                break;
+            memcpy(top->grad, dy, sizeof(float) * (size_t)top_count);
+            l->propagate_down[0] = 1;
+            l->ops->backward(l);
+            check_values(cases[k].layer, top->data, y_ref, top_count, 1e-5);
+            check_values(cases[k].layer, x->grad, dx_ref, x_count, 1e-5);
+            if (threads == 1) {
+                memcpy(y_one, top->data, sizeof(float) * (size_t)top_count);
+                memcpy(dx_one, x->grad, sizeof(float) * (size_t)x_count);
+                continue;
+            }
+            CHECK_MSG(memcmp(y_one, top->data, sizeof(float) * (size_t)top_count) == 0,
+                      "%s: forward with %d threads differs from one thread", cases[k].layer, threads);
+            CHECK_MSG(memcmp(dx_one, x->grad, sizeof(float) * (size_t)x_count) == 0,
+                      "%s: backward with %d threads differs from one thread", cases[k].layer, threads);
+        }
+        set_threads(2);
+        free(dy);
+        free(y_ref);
+        free(dx_ref);
+        free(y_one);
+        free(dx_one);
+        gradcheck_free_layer(l);
+        mtl_tensor_free(top);
+        mtl_tensor_free(rois);
+        mtl_tensor_free(x);
+    }
+}
+
 int main(void)
 {
     test_gradients();
@@ -534,5 +697,6 @@ int main(void)
     test_empty();
     test_errors();
     test_threads();
+    test_roi_align_reference();
     return check_finish();
 }

@@ -21,6 +21,11 @@
  * feature map, and sums of a few of them still fit an int */
 #define ROI_COORD_LIMIT 268435456.0f
 
+/* transposes work in tiles of this many rows and columns (both sides stay in L1); ROIAlign's
+ * backward hands its threads blocks of this many channels (64 bytes: whole vectors, and
+ * neighbouring threads seldom write the same cache line) */
+#define ROI_TILE 16
+
 /* a bound on pooled_h and pooled_w that keeps bin arithmetic in int and float exact */
 #define ROI_MAX_POOLED 65536
 
@@ -45,6 +50,14 @@ typedef struct roi_state {
     int64_t roi_cap;
     axis_tap *taps;
     int64_t taps_cap;
+    /* ROIAlign: the features channels-last (N, H, W, C), so that a tap reads (or, in backward,
+     * adds to) all channels of a cell contiguously; backward keeps the feature gradient there
+     * first. */
+    float *hwc;
+    int64_t hwc_cap;
+    int threads;          /* ROIAlign: team size the per-thread scratch is sized for */
+    float *work;          /* ROIAlign: threads x work_count */
+    int64_t work_count, work_cap;
 } roi_state;
 
 /* Reads pooled_h, pooled_w and spatial_scale from `msg` (shared by both layers). */
@@ -174,6 +187,8 @@ static void roi_release(mtl_layer *l)
         free(s->grid);
         free(s->tap_start);
         free(s->taps);
+        free(s->hwc);
+        free(s->work);
     }
     free(s);
     l->priv = NULL;
@@ -307,7 +322,12 @@ const mtl_layer_ops mtl_layer_roi_pooling = {
  * (sampling_ratio each way, or ceil(bin size) when 0). A sample more than one cell off the map
  * counts as 0; one within a cell of it reads the border. Bilinear weights factor into a y part
  * and an x part, so each roi keeps pooled_h * grid_h row taps and pooled_w * grid_w column taps
- * (from forward, for backward) instead of four per sample. */
+ * (from forward, for backward) instead of four per sample.
+ * Taps depend on the roi, not the channel, so both passes work on a channels-last copy of the
+ * features (or of their gradient): each tap is then one contiguous, vectorised run over the
+ * channels, and the tap table is walked once per roi (per channel block in backward) rather than
+ * once per channel. Every value is still the same sum, in the same order, as the per-channel loop
+ * of Detectron2, so the results do not depend on the layout (nor on the thread count). */
 
 /* The taps of coordinate v along an axis of `size` cells (Detectron2's bilinear_interpolate). */
 static axis_tap roi_align_tap(float v, int size)
@@ -364,10 +384,50 @@ static void roi_align_axis_taps(float start, float size, int pooled, int grid, i
             out[p * grid + i] = roi_align_tap(start + (float)p * bin + ((float)i + 0.5f) * bin / (float)grid, map_size);
 }
 
+/* b[j * ldb + i] = a[i * lda + j] for i < rows, j < cols, in tiles that keep both sides in L1. */
+static void roi_transpose(const float *restrict a, int64_t rows, int64_t cols, int64_t lda, float *restrict b,
+                          int64_t ldb)
+{
+    for (int64_t i0 = 0; i0 < rows; i0 += ROI_TILE) {
+        int64_t i1 = i0 + ROI_TILE < rows ? i0 + ROI_TILE : rows;
+        for (int64_t j0 = 0; j0 < cols; j0 += ROI_TILE) {
+            int64_t j1 = j0 + ROI_TILE < cols ? j0 + ROI_TILE : cols;
+            for (int64_t j = j0; j < j1; j++)
+                for (int64_t i = i0; i < i1; i++)
+                    b[j * ldb + i] = a[i * lda + j];
+        }
+    }
+}
+
+/* Asks for the n floats at p ahead of their use: the next roi's block of the top gradient, which
+ * is too large to stay cached from the layer above and is read in a transposing order. */
+static void roi_prefetch(const float *p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16)
+        __builtin_prefetch(p + i, 0, 2);
+}
+
+/* acc[c] += channel c's bilinear sample from the cells x00 x01 (upper row) x10 x11 (lower row),
+ * each n channels long: Detectron2's sum, term for term, vectorised across channels. */
+static inline void roi_align_gather(float *restrict acc, const float *restrict x00, const float *restrict x01,
+                                    const float *restrict x10, const float *restrict x11, axis_tap a, axis_tap b, int n)
+{
+    for (int c = 0; c < n; c++)
+        acc[c] += a.wlo * (b.wlo * x00[c] + b.whi * x01[c]) + a.whi * (b.wlo * x10[c] + b.whi * x11[c]);
+}
+
+/* dx[c] += g[c] * w for the n channels of one cell. */
+static inline void roi_align_scatter(float *restrict dx, const float *restrict g, float w, int n)
+{
+    for (int c = 0; c < n; c++)
+        dx[c] += g[c] * w;
+}
+
 static mtl_status roi_align_reshape(mtl_layer *l, mtl_error *err)
 {
     roi_state *s = l->priv;
     MTL_TRY(roi_reshape(l, err));
+    const mtl_tensor *x = l->bottoms[0];
     int n_rois = l->bottoms[1]->shape[0];
     if (n_rois > s->roi_cap) {
         int32_t *grid = malloc((size_t)n_rois * 2 * sizeof(int32_t));
@@ -383,6 +443,16 @@ static mtl_status roi_align_reshape(mtl_layer *l, mtl_error *err)
         s->tap_start = start;
         s->roi_cap = n_rois;
     }
+    if (!roi_grow((void **)&s->hwc, &s->hwc_cap, x->count, sizeof(float)))
+        return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for a channels-last copy of %lld feature values",
+                              (long long)x->count);
+    /* per thread: one roi's top channels last (forward), or a block of its channels and two
+     * rows of weighted gradients (backward) */
+    s->threads = mtl_cpu_max_threads();
+    s->work_count = n_rois > 0 ? ((int64_t)s->pooled_h * s->pooled_w + 2) * x->shape[1] : 0;
+    if (!roi_grow((void **)&s->work, &s->work_cap, s->threads * s->work_count, sizeof(float)))
+        return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for %d x %lld values of scratch", s->threads,
+                              (long long)s->work_count);
     return MTL_OK;
 }
 
@@ -391,7 +461,7 @@ static mtl_status roi_align_forward(mtl_layer *l, mtl_error *err)
     roi_state *s = l->priv;
     MTL_TRY(roi_check(l, err));
     const mtl_tensor *x = l->bottoms[0];
-    const int channels = x->shape[1], height = x->shape[2], width = x->shape[3];
+    const int n_images = x->shape[0], channels = x->shape[1], height = x->shape[2], width = x->shape[3];
     const int pooled_h = s->pooled_h, pooled_w = s->pooled_w;
     const int n_rois = l->bottoms[1]->shape[0];
     const float *rois = l->bottoms[1]->data; /* (R, 5) */
@@ -410,49 +480,64 @@ static mtl_status roi_align_forward(mtl_layer *l, mtl_error *err)
     }
     if (!roi_grow((void **)&s->taps, &s->taps_cap, n_taps, sizeof(axis_tap)))
         return mtl_layer_fail(l, err, MTL_ERR_NOMEM, "out of memory for %lld sampling taps", (long long)n_taps);
+    if (n_rois == 0 || channels == 0)
+        return MTL_OK;
 
-    const int64_t image = (int64_t)channels * height * width, plane = (int64_t)height * width;
-    const int64_t per_roi = (int64_t)channels * pooled_h * pooled_w;
+    const int64_t plane = (int64_t)height * width, image = channels * plane, row = (int64_t)width * channels;
+    const int64_t out_plane = (int64_t)pooled_h * pooled_w, per_roi = channels * out_plane;
+    const int blocks = (channels + ROI_TILE - 1) / ROI_TILE;
+    float *hwc = s->hwc; /* (N, H, W, C) */
     float *y = l->tops[0]->data; /* (R, C, pooled_h, pooled_w) */
-MTL_OMP("omp parallel for schedule(dynamic, 1) if (n_rois * per_roi >= ROI_PARALLEL_MIN)")
-    for (int r = 0; r < n_rois; r++) {
-        const float *roi = rois + (int64_t)r * 5;
-        const int gh = s->grid[2 * r], gw = s->grid[2 * r + 1];
-        axis_tap *ty = s->taps + s->tap_start[r], *tx = ty + (int64_t)pooled_h * gh;
-        float y0, h, x0, w;
-        roi_align_span(s, roi[2], roi[4], &y0, &h);
-        roi_align_span(s, roi[1], roi[3], &x0, &w);
-        roi_align_axis_taps(y0, h, pooled_h, gh, height, ty);
-        roi_align_axis_taps(x0, w, pooled_w, gw, width, tx);
-        const float inv_count = 1.0f / (float)(gh * gw > 1 ? gh * gw : 1);
-        const float *xb = x->data + s->batch[r] * image;
-        float *yr = y + r * per_roi;
-        for (int c = 0; c < channels; c++) {
-            const float *xc = xb + c * plane;
+MTL_OMP("omp parallel for num_threads(s->threads) schedule(static) if (x->count >= ROI_PARALLEL_MIN)")
+    for (int64_t k = 0; k < (int64_t)n_images * blocks; k++) {
+        const int64_t n = k / blocks, c0 = k % blocks * ROI_TILE;
+        const int64_t c1 = c0 + ROI_TILE < channels ? c0 + ROI_TILE : channels;
+        roi_transpose(x->data + n * image + c0 * plane, c1 - c0, plane, plane, hwc + n * image + c0, channels);
+    }
+MTL_OMP("omp parallel num_threads(s->threads) if (n_rois * per_roi >= ROI_PARALLEL_MIN)")
+    {
+        float *acc = s->work + mtl_cpu_thread_id() * s->work_count; /* (pooled_h * pooled_w, C) */
+MTL_OMP("omp for schedule(dynamic, 1)")
+        for (int r = 0; r < n_rois; r++) {
+            const float *roi = rois + (int64_t)r * 5;
+            const int gh = s->grid[2 * r], gw = s->grid[2 * r + 1];
+            axis_tap *ty = s->taps + s->tap_start[r], *tx = ty + (int64_t)pooled_h * gh;
+            float y0, h, x0, w;
+            roi_align_span(s, roi[2], roi[4], &y0, &h);
+            roi_align_span(s, roi[1], roi[3], &x0, &w);
+            roi_align_axis_taps(y0, h, pooled_h, gh, height, ty);
+            roi_align_axis_taps(x0, w, pooled_w, gw, width, tx);
+            const float inv_count = 1.0f / (float)(gh * gw > 1 ? gh * gw : 1);
+            const float *xb = hwc + s->batch[r] * image;
             for (int ph = 0; ph < pooled_h; ph++)
                 for (int pw = 0; pw < pooled_w; pw++) {
-                    float sum = 0.0f;
+                    float *accb = acc + ((int64_t)ph * pooled_w + pw) * channels;
+                    memset(accb, 0, (size_t)channels * sizeof(float));
                     for (int iy = 0; iy < gh; iy++) {
                         const axis_tap a = ty[ph * gh + iy];
                         if (a.lo < 0)
                             continue;
-                        const float *row_lo = xc + (int64_t)a.lo * width, *row_hi = xc + (int64_t)a.hi * width;
+                        const float *row_lo = xb + a.lo * row, *row_hi = xb + a.hi * row;
                         for (int ix = 0; ix < gw; ix++) {
                             const axis_tap b = tx[pw * gw + ix];
                             if (b.lo < 0)
                                 continue;
-                            sum += a.wlo * (b.wlo * row_lo[b.lo] + b.whi * row_lo[b.hi]) +
-                                   a.whi * (b.wlo * row_hi[b.lo] + b.whi * row_hi[b.hi]);
+                            roi_align_gather(accb, row_lo + (int64_t)b.lo * channels, row_lo + (int64_t)b.hi * channels,
+                                             row_hi + (int64_t)b.lo * channels, row_hi + (int64_t)b.hi * channels, a, b,
+                                             channels);
                         }
                     }
-                    yr[((int64_t)c * pooled_h + ph) * pooled_w + pw] = sum * inv_count;
+                    for (int c = 0; c < channels; c++)
+                        accb[c] *= inv_count;
                 }
+            roi_transpose(acc, out_plane, channels, channels, y + r * per_roi, out_plane);
         }
     }
     return MTL_OK;
 }
 
-/* Scatters each top gradient back through the bilinear weights of its bin's samples. */
+/* Scatters each top gradient back through the bilinear weights of its bin's samples, into the
+ * channels-last copy, then turns that into the feature gradient. */
 static void roi_align_backward(mtl_layer *l)
 {
     roi_zero_rois_grad(l);
@@ -462,40 +547,60 @@ static void roi_align_backward(mtl_layer *l)
     const mtl_tensor *x = l->bottoms[0];
     const int n_images = x->shape[0], channels = x->shape[1], width = x->shape[3];
     const int pooled_h = s->pooled_h, pooled_w = s->pooled_w;
-    const int64_t plane = (int64_t)x->shape[2] * width, out_plane = (int64_t)pooled_h * pooled_w;
+    const int64_t plane = (int64_t)x->shape[2] * width, image = channels * plane, row = (int64_t)width * channels;
+    const int64_t out_plane = (int64_t)pooled_h * pooled_w;
     const int n_rois = l->bottoms[1]->shape[0];
+    const int blocks = (channels + ROI_TILE - 1) / ROI_TILE;
     const float *dy = l->tops[0]->grad; /* (R, C, pooled_h, pooled_w) */
     float *dx = x->grad;                /* (N, C, H, W) */
-MTL_OMP("omp parallel for schedule(static) if (x->count + l->tops[0]->count >= ROI_PARALLEL_MIN)")
-    for (int c = 0; c < channels; c++) {
-        for (int n = 0; n < n_images; n++)
-            memset(dx + ((int64_t)n * channels + c) * plane, 0, (size_t)plane * sizeof(float));
-        for (int r = 0; r < n_rois; r++) {
+    float *hwc = s->hwc;                /* (N, H, W, C) */
+MTL_OMP("omp parallel num_threads(s->threads) if (x->count + l->tops[0]->count >= ROI_PARALLEL_MIN)")
+    {
+        int64_t b0, b1;
+        mtl_cpu_range(blocks, mtl_cpu_team_size(), mtl_cpu_thread_id(), &b0, &b1);
+        const int c0 = (int)(b0 * ROI_TILE), c1 = b1 * ROI_TILE < channels ? (int)(b1 * ROI_TILE) : channels;
+        const int cw = c1 - c0;
+        for (int64_t i = 0; cw > 0 && i < n_images * plane; i++)
+            memset(hwc + i * channels + c0, 0, (size_t)cw * sizeof(float));
+        for (int r = 0; cw > 0 && r < n_rois; r++) {
             const int gh = s->grid[2 * r], gw = s->grid[2 * r + 1];
             const axis_tap *ty = s->taps + s->tap_start[r], *tx = ty + (int64_t)pooled_h * gh;
             const float inv_count = 1.0f / (float)(gh * gw > 1 ? gh * gw : 1);
-            float *dxc = dx + ((int64_t)s->batch[r] * channels + c) * plane;
-            const float *dyc = dy + ((int64_t)r * channels + c) * out_plane;
+            float *g = s->work + mtl_cpu_thread_id() * s->work_count; /* (pooled_h * pooled_w, cw) */
+            float *g_lo = g + out_plane * cw, *g_hi = g_lo + cw;
+            float *db = hwc + s->batch[r] * image + c0;
+            if (r + 1 < n_rois)
+                roi_prefetch(dy + ((int64_t)(r + 1) * channels + c0) * out_plane, cw * out_plane);
+            roi_transpose(dy + ((int64_t)r * channels + c0) * out_plane, cw, out_plane, out_plane, g, cw);
             for (int ph = 0; ph < pooled_h; ph++)
                 for (int pw = 0; pw < pooled_w; pw++) {
-                    const float g = dyc[ph * pooled_w + pw] * inv_count;
+                    float *gb = g + ((int64_t)ph * pooled_w + pw) * cw;
+                    for (int c = 0; c < cw; c++)
+                        gb[c] *= inv_count;
                     for (int iy = 0; iy < gh; iy++) {
                         const axis_tap a = ty[ph * gh + iy];
                         if (a.lo < 0)
                             continue;
-                        float *row_lo = dxc + (int64_t)a.lo * width, *row_hi = dxc + (int64_t)a.hi * width;
+                        for (int c = 0; c < cw; c++) {
+                            g_lo[c] = gb[c] * a.wlo;
+                            g_hi[c] = gb[c] * a.whi;
+                        }
+                        float *row_lo = db + a.lo * row, *row_hi = db + a.hi * row;
                         for (int ix = 0; ix < gw; ix++) {
                             const axis_tap b = tx[pw * gw + ix];
                             if (b.lo < 0)
                                 continue;
-                            row_lo[b.lo] += g * a.wlo * b.wlo;
-                            row_lo[b.hi] += g * a.wlo * b.whi;
-                            row_hi[b.lo] += g * a.whi * b.wlo;
-                            row_hi[b.hi] += g * a.whi * b.whi;
+                            /* one cell after the other: at the border two taps may be the same cell */
+                            roi_align_scatter(row_lo + (int64_t)b.lo * channels, g_lo, b.wlo, cw);
+                            roi_align_scatter(row_lo + (int64_t)b.hi * channels, g_lo, b.whi, cw);
+                            roi_align_scatter(row_hi + (int64_t)b.lo * channels, g_hi, b.wlo, cw);
+                            roi_align_scatter(row_hi + (int64_t)b.hi * channels, g_hi, b.whi, cw);
                         }
                     }
                 }
         }
+        for (int n = 0; cw > 0 && n < n_images; n++)
+            roi_transpose(hwc + n * image + c0, plane, cw, channels, dx + n * image + c0 * plane, plane);
     }
 }
 
