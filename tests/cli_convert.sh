@@ -6,7 +6,6 @@
 expect_no_db() { # path description: neither the database nor its partial directory exists
   if [ ! -e "$1" ] && [ ! -e "$1.partial" ]; then ok; else bad "$2: something was left at $1"; ls -la "$1"* >&2; fi
 }
-py=/usr/bin/python3
 tool="$work/tool.py"
 cat >"$tool" <<'EOF'
 # Fixture PNGs and a reader of mtl records straight from data.mdb (stdlib only).

@@ -6,11 +6,6 @@
 # the image files (resized per axis), the ids from --categories, the drawings, and the errors.
 # Usage: cli_detect.sh MTL_BINARY SOURCE_DIR
 . "$(dirname "$0")/support/cli_lib.sh" "$@"
-py=/usr/bin/python3
-expect_py() { # description python-code args...: the code exits non-zero (or raises) on failure
-  local what=$1 code=$2; shift 2
-  if $py -c "$code" "$@" >"$work/py" 2>&1; then ok; else bad "$what"; cat "$work/py" >&2; fi
-}
 one_error_line() { # description: the last command said what was wrong in one line, and nothing else
   if [ "$(wc -l <"$work/err")" -eq 1 ] && [ ! -s "$work/out" ]; then ok; else bad "$1: not one error line"; cat "$work/err" >&2; fi
 }
@@ -152,53 +147,10 @@ expect_rc 1 "result with a negative width" "$mtl" evaluate-detections "$work/gt.
 expect_grep "result 0 needs a 'bbox' \[x, y, width, height\]" "$work/err" "result with a negative width"
 
 # ---- detect: a net whose detections are known -----------------------------------------------------
-cat >"$work/png.py" <<'EOF'
-# png.py write PATH W H C SEED: a patterned image | png.py read PATH: prints "W H" and can check pixels
-import struct, sys, zlib
-def write(path, w, h, c, seed):
-    px = [(x * 37 + y * 11 + k * 5 + seed * 53) % 256 for y in range(h) for x in range(w) for k in range(c)]
-    raw = b''.join(b'\0' + bytes(px[y * w * c:(y + 1) * w * c]) for y in range(h))
-    def chunk(t, d):
-        return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
-    ihdr = struct.pack('>IIBBBBB', w, h, 8, {1: 0, 3: 2}[c], 0, 0, 0)
-    with open(path, 'wb') as f:
-        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
-def read(path):
-    data = open(path, 'rb').read()
-    assert data[:8] == b'\x89PNG\r\n\x1a\n'
-    pos, idat = 8, b''
-    while pos < len(data):
-        n, t = struct.unpack('>I4s', data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        if t == b'IHDR':
-            w, h, depth, ctype = struct.unpack('>IIBB', body[:10])
-        elif t == b'IDAT':
-            idat += body
-        pos += 12 + n
-    c = {0: 1, 2: 3, 6: 4}[ctype]
-    raw, stride, out, prev = zlib.decompress(idat), w * c, [], bytearray(w * c)
-    for y in range(h):
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - c] if i >= c else 0
-            b = prev[i]
-            cc = prev[i - c] if i >= c else 0
-            if f == 1: line[i] = (line[i] + a) & 255
-            elif f == 2: line[i] = (line[i] + b) & 255
-            elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - cc
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - cc)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else cc)) & 255
-        out.append(line)
-        prev = line
-    return w, h, c, out
-if __name__ == '__main__' and sys.argv[1] == 'write':
-    write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
-EOF
+png="$src/tests/support/png.py"
 mkdir -p "$work/img"
-$py "$work/png.py" write "$work/img/big.png" 40 40 3 1   # twice the input size: boxes x2
-$py "$work/png.py" write "$work/img/wide.png" 20 10 1 2  # x as is, y halved
+$py "$png" pattern "$work/img/big.png" 40 40 3 1   # twice the input size: boxes x2
+$py "$png" pattern "$work/img/wide.png" 20 10 1 2  # x as is, y halved
 echo 'not an image' >"$work/img/text.png"
 
 # weights: any snapshot fits a net without parameters
@@ -273,7 +225,7 @@ expect_grep "^mAP@0.5  *0.7500 " "$work/out" "detect -> evaluate: VOC mAP"
 expect_grep "^mAP@\[.5:.95\]  *0.7500 " "$work/out" "detect -> evaluate: COCO mAP"
 expect_py "--draw: one PNG per image, enlarged, the class colours on the box outlines" '
 import sys
-sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
 import png
 w, h, c, rows = png.read(sys.argv[1] + "/drawn/00000_big.png")
 assert (w, h, c) == (280, 280, 3), (w, h, c)  # 40 x 40 enlarged 7 times to reach 256
@@ -285,7 +237,7 @@ assert px(100, 28 - 3) == green  # the label above the box, on a class-coloured 
 assert px(100, 80) not in (green, red)  # the inside is the image
 w, h, c, rows = png.read(sys.argv[1] + "/drawn/00001_wide.png")
 assert (w, h) == (260, 130), (w, h)  # 20 x 10 enlarged 13 times
-' "$work"
+' "$work" "$src/tests/support"
 
 # ---- detect: errors ------------------------------------------------------------------------------------
 expect_rc 2 "detect without --weights" "$mtl" detect --model "$work/deploy.prototxt" "$work/img/big.png"

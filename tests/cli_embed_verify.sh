@@ -3,7 +3,7 @@
 # tiny net from a list and from an LMDB, the MTLEMB1 file read back byte for byte, metrics checked
 # against a plain Python computation, and every error path. Usage: cli_embed_verify.sh MTL_BINARY SOURCE_DIR
 . "$(dirname "$0")/support/cli_lib.sh" "$@"
-expect_py() { # description python-arguments...: the tool must exit 0
+expect_tool() { # description python-arguments...: the tool must exit 0
   local what=$1; shift
   if /usr/bin/python3 "$work/tool.py" "$@" >"$work/pyout" 2>&1; then ok; else bad "$what"; cat "$work/pyout" >&2; fi
 }
@@ -156,18 +156,18 @@ expect_rc 0 "embed a list" "$mtl" embed --model "$work/deploy.prototxt" --weight
   --scale 0.5 --mean 10 --batch 4 --out "$work/flat.emb"
 expect_grep "embedded 9 images (7 labelled)" "$work/out" "embed summary"
 [ ! -e "$work/flat.emb.tmp" ] && ok || bad "embed left its temporary file"
-expect_py "list embeddings are (pixel - mean) * scale with labels and names" check_list "$work/flat.emb" 0.5 10
+expect_tool "list embeddings are (pixel - mean) * scale with labels and names" check_list "$work/flat.emb" 0.5 10
 expect_rc 0 "embed with the default scale" "$mtl" embed --model "$work/deploy.prototxt" --weights "$snap" \
   --blob flat "${list[@]}" --out "$work/flat1.emb"
-expect_py "default scale 1, mean 0" check_list "$work/flat1.emb" 1 0
+expect_tool "default scale 1, mean 0" check_list "$work/flat1.emb" 1 0
 expect_rc 0 "embed a projection" "$mtl" embed --model "$work/deploy.prototxt" --weights "$snap" --blob proj \
   "${list[@]}" --out "$work/proj.emb" --threads 1
-expect_py "projection has 3 values" dim "$work/proj.emb" 3
+expect_tool "projection has 3 values" dim "$work/proj.emb" 3
 # a net without parameters needs no snapshot; one with parameters does
 head -2 "$work/deploy.prototxt" >"$work/pixels.prototxt"
 expect_rc 0 "embed without weights" "$mtl" embed --model "$work/pixels.prototxt" --blob flat "${list[@]}" \
   --scale 0.5 --mean 10 --out "$work/pixels.emb"
-expect_py "a parameterless net embeds the pixels" check_list "$work/pixels.emb" 0.5 10
+expect_tool "a parameterless net embeds the pixels" check_list "$work/pixels.emb" 0.5 10
 expect_rc 1 "embed a net with parameters without weights" "$mtl" embed --model "$work/deploy.prototxt" --blob proj \
   "${list[@]}" --out "$work/x.emb"
 expect_grep "has 2 learnable parameters: give their values with --weights" "$work/err" "weights required"
@@ -177,7 +177,7 @@ sed 's/^img\/nolabel.png$/img\/nolabel.png -/' "$work/root/list.txt" >"$work/roo
 expect_rc 0 "convert" "$mtl" convert --gray "$work/root/list_db.txt" "$work/root" "$work/db"
 expect_rc 0 "embed a database" "$mtl" embed --model "$work/deploy.prototxt" --weights "$snap" --blob flat \
   --db "$work/db" --scale 0.5 --mean 10 --out "$work/db.emb"
-expect_py "database rows equal list rows" same_rows "$work/flat.emb" "$work/db.emb"
+expect_tool "database rows equal list rows" same_rows "$work/flat.emb" "$work/db.emb"
 
 # ---- verify: a hand-made pair list in two folds; the classes separate perfectly under cosine
 cat >"$work/pairs.txt" <<'EOF'
@@ -199,7 +199,7 @@ expect_grep "8 pairs (4 same, 4 different) in 2 folds" "$work/out" "pair counts"
 expect_rc 0 "verify --json" "$mtl" verify --embeddings "$work/flat.emb" --pairs "$work/pairs.txt" --folds 2 \
   --recall 1,2 --json
 cp "$work/out" "$work/metrics.json"
-expect_py "JSON metrics equal a brute-force computation" metrics "$work/flat.emb" "$work/pairs.txt" \
+expect_tool "JSON metrics equal a brute-force computation" metrics "$work/flat.emb" "$work/pairs.txt" \
   "$work/metrics.json" 1.0
 # a pair list without folds (contiguous blocks), the projection, the Euclidean metric
 grep -v '^#' "$work/pairs.txt" | awk 'NF == 4 { print $2, $3, $4 }' >"$work/pairs3.txt"
@@ -219,7 +219,7 @@ expect_rc 0 "verify mixed --json" "$mtl" verify --embeddings "$work/proj.emb" --
   --folds 2 --recall 1,2 --json
 cp "$work/out" "$work/mixed.json"
 acc=$(/usr/bin/python3 -c "import json; print(json.load(open('$work/mixed.json'))['accuracy']['mean'])")
-expect_py "mixed pairs: AUC and recall equal a brute-force computation" metrics "$work/proj.emb" \
+expect_tool "mixed pairs: AUC and recall equal a brute-force computation" metrics "$work/proj.emb" \
   "$work/pairs_mixed.txt" "$work/mixed.json" "$acc"
 
 # ---- errors: embed

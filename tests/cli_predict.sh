@@ -4,11 +4,6 @@
 # text and JSON outputs, batching, the pixel transform against hand-computed values, and every error
 # path. Usage: cli_predict.sh MTL_BINARY SOURCE_DIR
 . "$(dirname "$0")/support/cli_lib.sh" "$@"
-expect_py() { # description python-code args...: the code exits non-zero (or raises) on failure
-  local what=$1 code=$2; shift 2
-  if /usr/bin/python3 -c "$code" "$@" >"$work/py" 2>&1; then ok; else bad "$what"; cat "$work/py" >&2; fi
-}
-py=/usr/bin/python3
 cat >"$work/png.py" <<'EOF'
 # Writes a PNG with the standard library: png.py PATH W H C SEED (a pattern) or PATH W H C v1,v2,...
 import struct, sys, zlib

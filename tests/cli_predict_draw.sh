@@ -5,57 +5,14 @@
 # decoded here and its size, dots and text panel checked; then the argument errors.
 # Usage: cli_predict_draw.sh MTL_BINARY SOURCE_DIR
 . "$(dirname "$0")/support/cli_lib.sh" "$@"
-py=/usr/bin/python3
-cat >"$work/png.py" <<'EOF'
-# png.py write PATH W H v1,v2,... (grey) | png.py read PATH: prints "W H C" and keeps pixels for checks
-import struct, sys, zlib
-def write(path, w, h, px):
-    raw = b''.join(b'\0' + bytes(px[y * w:(y + 1) * w]) for y in range(h))
-    def chunk(t, d):
-        return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
-    ihdr = struct.pack('>IIBBBBB', w, h, 8, 0, 0, 0, 0)
-    with open(path, 'wb') as f:
-        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
-def read(path):
-    data = open(path, 'rb').read()
-    assert data[:8] == b'\x89PNG\r\n\x1a\n'
-    pos, idat = 8, b''
-    while pos < len(data):
-        n, t = struct.unpack('>I4s', data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        if t == b'IHDR':
-            w, h, depth, ctype = struct.unpack('>IIBB', body[:10])
-        elif t == b'IDAT':
-            idat += body
-        pos += 12 + n
-    c = {0: 1, 2: 3, 6: 4}[ctype]
-    raw, stride, out, prev = zlib.decompress(idat), w * c, [], bytearray(w * c)
-    for y in range(h):
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - c] if i >= c else 0
-            b = prev[i]
-            cc = prev[i - c] if i >= c else 0
-            if f == 1: line[i] = (line[i] + a) & 255
-            elif f == 2: line[i] = (line[i] + b) & 255
-            elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - cc
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - cc)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else cc)) & 255
-        out.append(line)
-        prev = line
-    return w, h, c, out
-if sys.argv[1] == 'write':
-    write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), [int(v) for v in sys.argv[5].split(',')])
-EOF
+png="$src/tests/support/png.py"
 
 # ---- a tiny trained classifier ---------------------------------------------------------------------
 mkdir -p "$work/img"
 : >"$work/train.txt"
 for s in 0 1 2 3; do
   pixels=$($py -c "print(','.join(str((x * 31 + $s * 17) % 256) for x in range(64)))")
-  $py "$work/png.py" write "$work/img/$s.png" 8 8 "$pixels"
+  $py "$png" grey "$work/img/$s.png" 8 8 "$pixels"
   echo "img/$s.png $((s % 2))" >>"$work/train.txt"
 done
 head='
@@ -94,7 +51,7 @@ EOF
 # quadrants 64, 128 (top), 192, 32 (bottom): with scale 1/256 the points are (0.25, 0.5) and
 # (0.75, 0.125) in [-1, 1], pixels (5, 6) and (7, 4.5) of the 8x8 input, drawn 32 times larger
 quads=$($py -c "print(','.join(str([[64, 128], [192, 32]][y // 4][x // 4]) for y in range(8) for x in range(8)))")
-$py "$work/png.py" write "$work/q.png" 8 8 "$quads"
+$py "$png" grey "$work/q.png" 8 8 "$quads"
 cp "$work/deploy.prototxt" "$work/deploy_ok.prototxt"
 { cat "$work/deploy.prototxt"
   echo 'layer { name: "one" type: "Pooling" bottom: "data" top: "one" pooling_param { pool: AVE kernel_size: 8 } }'
@@ -120,11 +77,7 @@ assert px(224, 144) == (64, 224, 64), px(224, 144)
 panel = [px(x, y) for y in range(256, 270) for x in range(w)]
 assert (255, 255, 255) in panel and (0, 0, 0) in panel
 '
-expect_py() { # description code args...
-  local what=$1 code=$2; shift 2
-  if $py -c "$code" "$@" >"$work/py" 2>&1; then ok; else bad "$what"; cat "$work/py" >&2; fi
-}
-expect_py "the drawing" "$check" "$work/drawn/00000_q.png" "$work"
+expect_py "the drawing" "$check" "$work/drawn/00000_q.png" "$src/tests/support"
 
 # pixel coordinates (no --normalized): (0.25, 0.5) is near the top-left corner, drawn at (8, 16)
 expect_rc 0 "predict --draw in pixels" "$mtl" predict --model "$work/deploy_ok.prototxt" --weights "$snap" \
@@ -136,7 +89,7 @@ from png import read
 w, h, c, rows = read(sys.argv[1])
 assert tuple(rows[16][8 * c:8 * c + 3]) == (255, 64, 64), tuple(rows[16][8 * c:8 * c + 3])
 '
-expect_py "pixel coordinates" "$check_px" "$work/drawn_px/00000_q.png" "$work"
+expect_py "pixel coordinates" "$check_px" "$work/drawn_px/00000_q.png" "$src/tests/support"
 if [ -f "$work/drawn_px/00001_1.png" ]; then ok; else bad "second image's drawing"; ls "$work/drawn_px" >&2; fi
 
 # ---- errors ------------------------------------------------------------------------------------------

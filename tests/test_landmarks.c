@@ -21,14 +21,6 @@
 #include "gradcheck.h"
 #include "layers/labels.h"
 
-static void check_values(const char *what, const float *got, const float *want, int n, double tol)
-{
-    for (int i = 0; i < n; i++) {
-        int ok = (isnan(want[i]) && isnan(got[i])) || fabs(got[i] - want[i]) <= tol;
-        CHECK_MSG(ok, "%s[%d] = %.7g, expected %.7g", what, i, got[i], want[i]);
-    }
-}
-
 /* Removes a directory tree (the test's temporary files). */
 /* ---- the transforms ---------------------------------------------------------------------------- */
 
@@ -79,15 +71,15 @@ static void test_mirror_flip_map(void)
     float labels[8] = {99, 1, 0.5f, 5, 1.5f, 2.5f, 3, 77};
     /* x' = 6 - x: (5, .5) (1, 1.5) (3.5, 3); then points 0 and 1 trade places */
     mtl_transform_points(&t, (mtl_crop){.mirror = 1}, no_warp, labels);
-    check_values("mirror", labels, (float[]){99, 1, 1.5f, 5, 0.5f, 3.5f, 3, 77}, 8, 1e-6);
+    test_check_values("mirror", labels, (float[]){99, 1, 1.5f, 5, 0.5f, 3.5f, 3, 77}, 8, 1e-6);
     /* unmirrored: nothing moves */
     float same[8] = {99, 1, 0.5f, 5, 1.5f, 2.5f, 3, 77};
     mtl_transform_points(&t, (mtl_crop){.mirror = 0}, no_warp, same);
-    check_values("no mirror", same, (float[]){99, 1, 0.5f, 5, 1.5f, 2.5f, 3, 77}, 8, 0);
+    test_check_values("no mirror", same, (float[]){99, 1, 0.5f, 5, 1.5f, 2.5f, 3, 77}, 8, 0);
     /* a missing point stays missing, in both coordinates, and still moves with its pair */
     float missing[8] = {99, NAN, 0.5f, 5, 1.5f, 2.5f, 3, 77};
     mtl_transform_points(&t, (mtl_crop){.mirror = 1}, no_warp, missing);
-    check_values("mirror missing", missing, (float[]){99, 1, 1.5f, NAN, NAN, 3.5f, 3, 77}, 8, 1e-6);
+    test_check_values("mirror missing", missing, (float[]){99, 1, 1.5f, NAN, NAN, 3.5f, 3, 77}, 8, 1e-6);
     mtl_transform_free(&t);
 
     /* the FashionPose map: TL<->TR, BR<->BL, the centre stays */
@@ -109,11 +101,11 @@ static void test_crop_shift(void)
     CHECK(c.h_off == 0 && c.w_off == 1); /* (4 - 3) / 2, (6 - 3) / 2 */
     float labels[4] = {2.5f, 1.5f, 4, 3};
     mtl_transform_points(&t, (mtl_crop){.h_off = 1, .w_off = 2}, no_warp, labels);
-    check_values("crop", labels, (float[]){0.5f, 0.5f, 2, 2}, 4, 1e-6);
+    test_check_values("crop", labels, (float[]){0.5f, 0.5f, 2, 2}, 4, 1e-6);
     /* crop then mirror over the 3-wide window: x = 3 - (x - w_off) */
     float both[4] = {2.5f, 1.5f, 4, 3};
     mtl_transform_points(&t, (mtl_crop){.h_off = 1, .w_off = 2, .mirror = 1}, no_warp, both);
-    check_values("crop and mirror", both, (float[]){2.5f, 0.5f, 1, 2}, 4, 1e-6);
+    test_check_values("crop and mirror", both, (float[]){2.5f, 0.5f, 1, 2}, 4, 1e-6);
     mtl_transform_free(&t);
 }
 
@@ -124,7 +116,7 @@ static void test_resize_scale(void)
         return;
     float labels[6] = {7, 8, 1, 2, 3.5f, NAN};
     mtl_transform_points_resize(&t, 0.5f, 2.0f, labels);
-    check_values("resize", labels, (float[]){7, 8, 0.5f, 4, 1.75f, NAN}, 6, 1e-6);
+    test_check_values("resize", labels, (float[]){7, 8, 0.5f, 4, 1.75f, NAN}, 6, 1e-6);
     mtl_transform_free(&t);
 }
 
@@ -139,7 +131,7 @@ static void test_rotation_90(void)
     mtl_warp quarter = {.rotation = 90.0f, .zoom = 1.0f};
     float labels[4] = {3, 2, 0.5f, 0.5f};
     mtl_transform_points(&t, (mtl_crop){0, 0, 0}, quarter, labels);
-    check_values("rotate 90", labels, (float[]){2, 3, 3.5f, 0.5f}, 4, 1e-12);
+    test_check_values("rotate 90", labels, (float[]){2, 3, 3.5f, 0.5f}, 4, 1e-12);
 
     uint8_t src[16];
     for (int i = 0; i < 4; i++)
@@ -151,13 +143,13 @@ static void test_rotation_90(void)
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++)
             want[i * 4 + j] = (float)(10 * (3 - j) + i);
-    check_values("rotate 90 pixels", out, want, 16, 0);
+    test_check_values("rotate 90 pixels", out, want, 16, 0);
     CHECK(out[0] == 30 && out[3] == 0 && out[12] == 33);
 
     /* 180 degrees and a mirror give back the vertical flip: y -> 4 - y, x unchanged */
     float flipped[4] = {3, 2, 0.5f, 0.5f};
     mtl_transform_points(&t, (mtl_crop){.mirror = 1}, (mtl_warp){.rotation = 180.0f, .zoom = 1.0f}, flipped);
-    check_values("rotate 180 + mirror", flipped, (float[]){3, 2, 0.5f, 3.5f}, 4, 1e-12);
+    test_check_values("rotate 180 + mirror", flipped, (float[]){3, 2, 0.5f, 3.5f}, 4, 1e-12);
     mtl_transform_free(&t);
 }
 
@@ -170,7 +162,7 @@ static void test_zoom(void)
         return;
     float labels[4] = {3, 2, 2.5f, 1.5f};
     mtl_transform_points(&t, (mtl_crop){0, 0, 0}, (mtl_warp){.rotation = 0.0f, .zoom = 2.0f}, labels);
-    check_values("zoom 2", labels, (float[]){4, 2, 3, 1}, 4, 1e-12);
+    test_check_values("zoom 2", labels, (float[]){4, 2, 3, 1}, 4, 1e-12);
 
     /* source value = 8 * column: bilinear reads 8 * x exactly inside the image */
     uint8_t src[16];
@@ -180,7 +172,7 @@ static void test_zoom(void)
     float out[16];
     mtl_transform_apply_warped(&t, &px, (mtl_crop){0, 0, 0}, (mtl_warp){.rotation = 0.0f, .zoom = 2.0f}, out);
     /* column j reads source x = (j + .5 - 2) / 2 + 2 - .5 = j / 2 + .75: 6, 10, 14, 18 */
-    check_values("zoom 2 pixels", out + 4, (float[]){6, 10, 14, 18}, 4, 1e-5);
+    test_check_values("zoom 2 pixels", out + 4, (float[]){6, 10, 14, 18}, 4, 1e-5);
     mtl_transform_free(&t);
 }
 
@@ -192,7 +184,7 @@ static void test_normalize(void)
         return;
     float labels[6] = {1.5f, 1, 6, 4, 0, 0};
     mtl_transform_points(&t, (mtl_crop){0, 0, 0}, no_warp, labels);
-    check_values("normalize", labels, (float[]){-0.5f, -0.5f, 1, 1, -1, -1}, 6, 1e-6);
+    test_check_values("normalize", labels, (float[]){-0.5f, -0.5f, 1, 1, -1, -1}, 6, 1e-6);
     mtl_transform_free(&t);
 
     /* after a crop to 2x2 at (1, 2) and a mirror: (3, 1.5) -> (1, 0.5) -> (1, 0.5) -> (0, -0.5) */
@@ -201,7 +193,7 @@ static void test_normalize(void)
         return;
     float one[2] = {3, 1.5f};
     mtl_transform_points(&t, (mtl_crop){.h_off = 1, .w_off = 2, .mirror = 1}, no_warp, one);
-    check_values("crop, mirror, normalize", one, (float[]){0, -0.5f}, 2, 1e-6);
+    test_check_values("crop, mirror, normalize", one, (float[]){0, -0.5f}, 2, 1e-6);
     mtl_transform_free(&t);
 }
 
@@ -346,8 +338,8 @@ static void test_image_data_landmarks(const char *dir)
             const float *lab = tops[1]->data;
             CHECK_INT(tops[1]->count, 10);
             if (phase == 0) {
-                check_values("ImageData TEST", lab, (float[]){0.5f, -1, -0.375f, 1.5f, 4}, 5, 1e-6);
-                check_values("ImageData TEST (2nd)", lab + 5, (float[]){0.5f, -1, -0.375f, 1.5f, 4}, 5, 1e-6);
+                test_check_values("ImageData TEST", lab, (float[]){0.5f, -1, -0.375f, 1.5f, 4}, 5, 1e-6);
+                test_check_values("ImageData TEST (2nd)", lab + 5, (float[]){0.5f, -1, -0.375f, 1.5f, 4}, 5, 1e-6);
             } else {
                 /* the window is as wide as the resized image, so x is fixed; it moves down by a
                  * random h_off in [0, 4]. Unmirrored: x 0.5 and -0.375, y1 - y0 = (7 - 2) / 2 = 2.5.
@@ -358,10 +350,10 @@ static void test_image_data_landmarks(const char *dir)
                     float y0 = mirrored ? v[3] : v[1], y1 = mirrored ? v[1] : v[3];
                     float h_off = 2 - 2 * (y0 + 1); /* y0 = (2 - h_off) / 2 - 1 */
                     if (mirrored)
-                        check_values("ImageData TRAIN mirrored x", (float[]){v[0], v[2]}, (float[]){0.375f, -0.5f}, 2,
+                        test_check_values("ImageData TRAIN mirrored x", (float[]){v[0], v[2]}, (float[]){0.375f, -0.5f}, 2,
                                      1e-6);
                     else
-                        check_values("ImageData TRAIN x", (float[]){v[0], v[2]}, (float[]){0.5f, -0.375f}, 2, 1e-6);
+                        test_check_values("ImageData TRAIN x", (float[]){v[0], v[2]}, (float[]){0.5f, -0.375f}, 2, 1e-6);
                     CHECK_NEAR(y1 - y0, 2.5, 1e-6);
                     CHECK_MSG(h_off >= 0 && h_off <= 4 && h_off == roundf(h_off), "sample %d: h_off %g", s, h_off);
                     CHECK(v[4] == 4);
@@ -411,7 +403,7 @@ static void test_data_landmarks(const char *dir)
             if (l) {
                 CHECK_OK(l->ops->reshape(l, &err), &err);
                 CHECK_OK(l->ops->forward(l, &err), &err);
-                check_values("Data TEST", tops[1]->data, (float[]){-1, -0.75f, 1, -0.25f, 7}, 5, 1e-6);
+                test_check_values("Data TEST", tops[1]->data, (float[]){-1, -0.75f, 1, -0.25f, 7}, 5, 1e-6);
             }
         }
         gradcheck_free_layer(l);
@@ -462,8 +454,8 @@ static void test_euclidean_weights(void)
     if (l) {
         l->tops[0]->grad[0] = 1.0f;
         l->ops->backward(l);
-        check_values("weighted grad a", bs[0]->grad, (float[]){0.5f, 0, -1, 0, -0.5f, -1, 0, 0}, 8, 1e-6);
-        check_values("weighted grad b", bs[1]->grad, (float[]){-0.5f, 0, 1, 0, 0.5f, 1, 0, 0}, 8, 1e-6);
+        test_check_values("weighted grad a", bs[0]->grad, (float[]){0.5f, 0, -1, 0, -0.5f, -1, 0, 0}, 8, 1e-6);
+        test_check_values("weighted grad b", bs[1]->grad, (float[]){-0.5f, 0, 1, 0, 0.5f, 1, 0, 0}, 8, 1e-6);
         mtl_tensor *top = l->tops[0];
         gradcheck_free_layer(l);
         mtl_tensor_free(top);
@@ -483,7 +475,7 @@ static void test_euclidean_weights(void)
         for (int i = 0; i < 3; i++)
             l->propagate_down[i] = 1;
         l->ops->backward(l);
-        check_values("weight bottom grad", bs[2]->grad, (float[]){0.25f, 0, 1, 0, 0.25f, 0.5f, 0, 0}, 8, 1e-6);
+        test_check_values("weight bottom grad", bs[2]->grad, (float[]){0.25f, 0, 1, 0, 0.25f, 0.5f, 0, 0}, 8, 1e-6);
         mtl_tensor *top = l->tops[0];
         gradcheck_free_layer(l);
         mtl_tensor_free(top);
@@ -499,7 +491,7 @@ static void test_euclidean_weights(void)
     if (l) {
         l->tops[0]->grad[0] = 1.0f;
         l->ops->backward(l);
-        check_values("all missing grad", bs[0]->grad, (float[]){0, 0, 0, 0, 0, 0, 0, 0}, 8, 0);
+        test_check_values("all missing grad", bs[0]->grad, (float[]){0, 0, 0, 0, 0, 0, 0, 0}, 8, 0);
         mtl_tensor *top = l->tops[0];
         gradcheck_free_layer(l);
         mtl_tensor_free(top);

@@ -14,6 +14,7 @@
 
 #include "check.h"
 #include "gradcheck.h"
+#include "test_util.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 #define SHAPE(...) {__VA_ARGS__, 0}
@@ -199,12 +200,6 @@ static void fixture_free(fixture *f)
     }
 }
 
-static void check_values(const char *what, const float *got, const float *want, int n, double tol)
-{
-    for (int i = 0; i < n; i++)
-        CHECK_MSG(fabs(got[i] - want[i]) <= tol, "%s[%d] = %.7g, expected %.7g", what, i, got[i], want[i]);
-}
-
 static void test_conv_values(void)
 {
     fixture f;
@@ -226,7 +221,7 @@ static void test_conv_values(void)
         CHECK_INT(f.tops[0]->shape[2], 2);
         CHECK_INT(f.tops[0]->shape[3], 2);
         const float want[4] = {4.5f, 18.5f, 36.5f, 77.5f};
-        check_values("conv", f.tops[0]->data, want, 4, 1e-5);
+        test_check_values("conv", f.tops[0]->data, want, 4, 1e-5);
         /* backward with dy = 1: dx sums the weights that touched each input; dw sums the inputs
          * each weight touched: w00 saw x11 only, w11 saw x00 x02 x20 x22 */
         for (int i = 0; i < 4; i++)
@@ -235,10 +230,10 @@ static void test_conv_values(void)
         mtl_tensor_zero_grad(f.layer->params[1]);
         f.layer->ops->backward(f.layer);
         const float dw[4] = {5, 6 + 4, 8 + 2, 1 + 3 + 7 + 9};
-        check_values("conv dw", f.layer->params[0]->grad, dw, 4, 1e-5);
+        test_check_values("conv dw", f.layer->params[0]->grad, dw, 4, 1e-5);
         CHECK_NEAR(f.layer->params[1]->grad[0], 4.0, 1e-6);
         const float dx[9] = {4, 3, 4, 2, 1, 2, 4, 3, 4};
-        check_values("conv dx", f.bottoms[0]->grad, dx, 9, 1e-5);
+        test_check_values("conv dx", f.bottoms[0]->grad, dx, 9, 1e-5);
     }
     fixture_free(&f);
 
@@ -254,7 +249,7 @@ static void test_conv_values(void)
         f.layer->params[0]->data[1] = -2;
         CHECK_OK(fixture_forward(&f), &f.err);
         const float want[4] = {3, 6, -6, -8};
-        check_values("group conv", f.tops[0]->data, want, 4, 1e-6);
+        test_check_values("group conv", f.tops[0]->data, want, 4, 1e-6);
     }
     fixture_free(&f);
 
@@ -270,7 +265,7 @@ static void test_conv_values(void)
         CHECK_OK(fixture_forward(&f), &f.err);
         CHECK_INT(f.tops[0]->shape[3], 3);
         const float want[3] = {-2, -2, -2};
-        check_values("dilated conv", f.tops[0]->data, want, 3, 1e-6);
+        test_check_values("dilated conv", f.tops[0]->data, want, 3, 1e-6);
     }
     fixture_free(&f);
 }
@@ -286,15 +281,15 @@ static void test_pool_values(void)
     if (f.layer) {
         CHECK_OK(fixture_forward(&f), &f.err);
         const float want[4] = {5, 8, -1, 7};
-        check_values("max pool", f.tops[0]->data, want, 4, 0);
+        test_check_values("max pool", f.tops[0]->data, want, 4, 0);
         /* ties (the two 8s, the zeros) go to the first in row-major order, as in Caffe */
         const float mask[4] = {1, 6, 8, 15};
-        check_values("max mask", f.tops[1]->data, mask, 4, 0);
+        test_check_values("max mask", f.tops[1]->data, mask, 4, 0);
         const float dy[4] = {1, 2, 3, 4};
         memcpy(f.tops[0]->grad, dy, sizeof(dy));
         f.layer->ops->backward(f.layer);
         const float dx[16] = {0, 1, 0, 0, 0, 0, 2, 0, 3, 0, 0, 0, 0, 0, 0, 4};
-        check_values("max pool dx", f.bottoms[0]->grad, dx, 16, 0);
+        test_check_values("max pool dx", f.bottoms[0]->grad, dx, 16, 0);
     }
     fixture_free(&f);
 
@@ -307,9 +302,9 @@ static void test_pool_values(void)
     if (f.layer) {
         CHECK_OK(fixture_forward(&f), &f.err);
         const float want[4] = {9, 9, 9, 9};
-        check_values("max pool pad", f.tops[0]->data, want, 4, 0);
+        test_check_values("max pool pad", f.tops[0]->data, want, 4, 0);
         const float mask[4] = {4, 4, 4, 4};
-        check_values("max mask pad", f.tops[1]->data, mask, 4, 0);
+        test_check_values("max mask pad", f.tops[1]->data, mask, 4, 0);
     }
     fixture_free(&f);
 
@@ -323,12 +318,12 @@ static void test_pool_values(void)
         CHECK_OK(fixture_forward(&f), &f.err);
         CHECK_INT(f.tops[0]->shape[2], 2);
         const float want[4] = {0.25f, 1.25f, 2.75f, 7.0f};
-        check_values("ave pool", f.tops[0]->data, want, 4, 1e-6);
+        test_check_values("ave pool", f.tops[0]->data, want, 4, 1e-6);
         const float dy[4] = {4, 8, 4, 8};
         memcpy(f.tops[0]->grad, dy, sizeof(dy));
         f.layer->ops->backward(f.layer);
         const float dx[9] = {1, 2, 2, 1, 2, 2, 1, 2, 2};
-        check_values("ave pool dx", f.bottoms[0]->grad, dx, 9, 1e-6);
+        test_check_values("ave pool dx", f.bottoms[0]->grad, dx, 9, 1e-6);
     }
     fixture_free(&f);
 
@@ -462,16 +457,16 @@ static void test_ip_values(void)
             f.layer->params[1]->data[0] = 0.5f;
             f.layer->params[1]->data[1] = -1.0f;
             CHECK_OK(fixture_forward(&f), &f.err);
-            check_values(transpose ? "ip transposed" : "ip", f.tops[0]->data, want, 4, 1e-6);
+            test_check_values(transpose ? "ip transposed" : "ip", f.tops[0]->data, want, 4, 1e-6);
             /* dy = [[1,0],[0,1]]: dx = rows of W; dW (N x K) = dy^T x = x; db = [1, 1] */
             const float dy[4] = {1, 0, 0, 1};
             memcpy(f.tops[0]->grad, dy, sizeof(dy));
             mtl_tensor_zero_grad(f.layer->params[0]);
             mtl_tensor_zero_grad(f.layer->params[1]);
             f.layer->ops->backward(f.layer);
-            check_values("ip dx", f.bottoms[0]->grad, w, 6, 1e-6);
+            test_check_values("ip dx", f.bottoms[0]->grad, w, 6, 1e-6);
             const float dw[6] = {1, 2, 3, 4, 5, 6}, dwt[6] = {1, 4, 2, 5, 3, 6};
-            check_values("ip dw", f.layer->params[0]->grad, transpose ? dwt : dw, 6, 1e-6);
+            test_check_values("ip dw", f.layer->params[0]->grad, transpose ? dwt : dw, 6, 1e-6);
             CHECK_NEAR(f.layer->params[1]->grad[0], 1.0, 1e-6);
             CHECK_NEAR(f.layer->params[1]->grad[1], 1.0, 1e-6);
         }

@@ -14,18 +14,6 @@
 #define LN2 0.69314718055994531
 #define LN3 1.09861228866810969
 
-static void check_values(const char *what, const float *got, const float *want, int n, double tol)
-{
-    for (int i = 0; i < n; i++)
-        CHECK_MSG(fabs(got[i] - want[i]) <= tol, "%s[%d] = %.7g, expected %.7g", what, i, got[i], want[i]);
-}
-
-static mtl_status run_forward(mtl_layer *l, mtl_error *err)
-{
-    MTL_TRY(l->ops->reshape(l, err));
-    return l->ops->forward(l, err);
-}
-
 /* Builds the layer over bottoms, runs forward and returns top 0's first value (NAN on failure). */
 static float loss_of(const char *text, mtl_tensor **bottoms, int n_bottoms)
 {
@@ -35,7 +23,7 @@ static float loss_of(const char *text, mtl_tensor **bottoms, int n_bottoms)
     float v = NAN;
     CHECK_OK(gradcheck_build(text, MTL_PHASE_TRAIN, bottoms, n_bottoms, &top, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         CHECK_MSG(top->ndim == 0 && top->count == 1, "%s: loss top has %d axes", text, top->ndim);
         v = top->data[0];
     }
@@ -123,23 +111,23 @@ static void test_softmax(void)
     mtl_tensor *y = mtl_tensor_create("y");
     CHECK_OK(gradcheck_build("type: 'Softmax'", MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err), &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
-    check_values("softmax", y->data, (float[]){0.09003057f, 0.24472847f, 0.66524096f, 0.5f, 0.5f, 0.0f}, 6, 1e-6);
+        CHECK_OK(test_forward(l, &err), &err);
+    test_check_values("softmax", y->data, (float[]){0.09003057f, 0.24472847f, 0.66524096f, 0.5f, 0.5f, 0.0f}, 6, 1e-6);
     gradcheck_free_layer(l);
 
     /* over axis 0: each column [1, 1000], [2, 1000], [3, -1000] */
     CHECK_OK(gradcheck_build("type: 'Softmax' softmax_param { axis: 0 }", MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err),
              &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
-    check_values("softmax axis 0", y->data, (float[]){0, 0, 1, 1, 1, 0}, 6, 1e-6);
+        CHECK_OK(test_forward(l, &err), &err);
+    test_check_values("softmax axis 0", y->data, (float[]){0, 0, 1, 1, 1, 0}, 6, 1e-6);
     gradcheck_free_layer(l);
 
     /* in place: top is the bottom */
     CHECK_OK(gradcheck_build("type: 'Softmax'", MTL_PHASE_TRAIN, &x, 1, &x, 1, &l, &err), &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
-    check_values("softmax in place", x->data, (float[]){0.09003057f, 0.24472847f, 0.66524096f, 0.5f, 0.5f, 0.0f}, 6,
+        CHECK_OK(test_forward(l, &err), &err);
+    test_check_values("softmax in place", x->data, (float[]){0.09003057f, 0.24472847f, 0.66524096f, 0.5f, 0.5f, 0.0f}, 6,
                  1e-6);
     gradcheck_free_layer(l);
 
@@ -148,7 +136,7 @@ static void test_softmax(void)
     gradcheck_fill(big, -5, 5, 9);
     CHECK_OK(gradcheck_build("type: 'Softmax'", MTL_PHASE_TRAIN, &big, 1, &big_y, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         int bad = 0;
         for (int n = 0; n < 64; n++)
             for (int j = 0; j < 31; j++) {
@@ -253,10 +241,10 @@ static void test_softmax_loss_backward(void)
     CHECK_OK(gradcheck_build("type: 'SoftmaxWithLoss'", MTL_PHASE_TRAIN, bs, 2, tops, 2, &l, &err), &err);
     if (!l)
         goto done;
-    CHECK_OK(run_forward(l, &err), &err);
+    CHECK_OK(test_forward(l, &err), &err);
     CHECK(tops[1]->ndim == 3 && tops[1]->count == 12);
     /* second top: the probabilities, laid out like the scores */
-    check_values("prob", tops[1]->data,
+    test_check_values("prob", tops[1]->data,
                  (float[]){1 / 3.f, 1 / 4.f, 1 / 3.f, 1 / 2.f, 1 / 3.f, 1 / 4.f, 1 / 2.f, 1 / 3.f, 1 / 4.f, 1 / 3.f,
                            1 / 4.f, 1 / 3.f},
                  12, 1e-6);
@@ -264,7 +252,7 @@ static void test_softmax_loss_backward(void)
     tops[0]->grad[0] = 3.0f;
     bs[1]->grad[0] = 123.0f;
     l->ops->backward(l);
-    check_values("softmax loss grad", bs[0]->grad,
+    test_check_values("softmax loss grad", bs[0]->grad,
                  (float[]){-2 / 3.f, 1 / 4.f, 1 / 3.f, -1 / 2.f, 1 / 3.f, 1 / 4.f, -1 / 2.f, 0, 1 / 4.f, 0, 1 / 4.f, 0},
                  12, 1e-6);
     CHECK_NEAR(bs[1]->grad[0], 0.0f, 0); /* labels get a zero gradient */
@@ -275,11 +263,11 @@ static void test_softmax_loss_backward(void)
              &err);
     if (!l)
         goto done;
-    CHECK_OK(run_forward(l, &err), &err);
+    CHECK_OK(test_forward(l, &err), &err);
     tops[0]->grad[0] = 0.5f;
     l->propagate_down[1] = 0;
     l->ops->backward(l);
-    check_values("softmax loss grad NONE", bs[0]->grad,
+    test_check_values("softmax loss grad NONE", bs[0]->grad,
                  (float[]){-1 / 3.f, 1 / 8.f, 1 / 6.f, -1 / 4.f, 1 / 6.f, 1 / 8.f, -1 / 4.f, 0, 1 / 8.f, 0, 1 / 8.f, 0},
                  12, 1e-6);
 done:
@@ -311,13 +299,13 @@ static void test_softmax_loss_errors(void)
     bs[1] = spatial;
     CHECK_OK(gradcheck_build("type: 'SoftmaxWithLoss'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err);
     if (l) {
-        CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT,
+        CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT,
                     "label -1 of sample 1 (position 1) is not a class in [0, 3)");
         spatial->data[3] = 0;
         spatial->data[1] = 3;
-        CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 3 of sample 0 (position 1)");
+        CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 3 of sample 0 (position 1)");
         spatial->data[1] = 2.5f; /* truncated to 2, as Caffe's cast does */
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     }
     gradcheck_free_layer(l);
     mtl_tensor *flat_scores = test_tensor((int[]){2, 3, 0}, NULL);
@@ -327,11 +315,11 @@ static void test_softmax_loss_errors(void)
                              1, &l, &err),
              &err);
     if (l) {
-        CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 7 of sample 1 is not a class in [0, 3)");
+        CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 7 of sample 1 is not a class in [0, 3)");
         flat_labels->data[1] = 255;
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         flat_labels->data[1] = 1e20f;
-        CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 1e+20 of sample 1");
+        CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 1e+20 of sample 1");
     }
     gradcheck_free_layer(l);
     CHECK_FAILS(gradcheck_build("type: 'SoftmaxWithLoss' loss_param { normalization: MEAN }", MTL_PHASE_TRAIN, fb, 2,
@@ -382,11 +370,11 @@ static void test_sigmoid_ce(void)
     mtl_tensor *top = mtl_tensor_create("loss");
     CHECK_OK(gradcheck_build("type: 'SigmoidCrossEntropyLoss'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         top->grad[0] = 2.0f;
         bs[1]->grad[1] = 5.0f;
         l->ops->backward(l);
-        check_values("sigmoid ce grad", bs[0]->grad, (float[]){-0.5f, 0.75f, 0.25f, 0}, 4, 1e-6);
+        test_check_values("sigmoid ce grad", bs[0]->grad, (float[]){-0.5f, 0.75f, 0.25f, 0}, 4, 1e-6);
         CHECK_NEAR(bs[1]->grad[1], 0.0f, 0);
     }
     gradcheck_free_layer(l);
@@ -422,11 +410,11 @@ static void test_euclidean(void)
     mtl_tensor *top = mtl_tensor_create("loss");
     CHECK_OK(gradcheck_build("type: 'EuclideanLoss'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         top->grad[0] = 1.0f;
         l->ops->backward(l);
-        check_values("euclidean grad a", bs[0]->grad, (float[]){0.5f, 0, -1, 0}, 4, 1e-6);
-        check_values("euclidean grad b", bs[1]->grad, (float[]){-0.5f, 0, 1, 0}, 4, 1e-6);
+        test_check_values("euclidean grad a", bs[0]->grad, (float[]){0.5f, 0, -1, 0}, 4, 1e-6);
+        test_check_values("euclidean grad b", bs[1]->grad, (float[]){-0.5f, 0, 1, 0}, 4, 1e-6);
     }
     gradcheck_free_layer(l);
     mtl_tensor *odd = test_tensor((int[]){2, 3, 0}, NULL);
@@ -469,19 +457,19 @@ static void test_accuracy(void)
     CHECK_OK(gradcheck_build("type: 'Accuracy'", MTL_PHASE_TEST, bs, 2, tops, 2, &l, &err), &err);
     if (l) {
         CHECK(l->ops->no_backward);
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         CHECK_NEAR(tops[0]->data[0], 0.5, 1e-7);
         CHECK(tops[1]->ndim == 1 && tops[1]->shape[0] == 4);
-        check_values("per class top-1", tops[1]->data, (float[]){1, 0.5f, 0, 0}, 4, 1e-7);
+        test_check_values("per class top-1", tops[1]->data, (float[]){1, 0.5f, 0, 0}, 4, 1e-7);
     }
     gradcheck_free_layer(l);
     CHECK_OK(gradcheck_build("type: 'Accuracy' accuracy_param { top_k: 2 }", MTL_PHASE_TEST, bs, 2, tops, 2, &l, &err),
              &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
-        check_values("per class top-2", tops[1]->data, (float[]){1, 0.5f, 1, 0}, 4, 1e-7);
+        CHECK_OK(test_forward(l, &err), &err);
+        test_check_values("per class top-2", tops[1]->data, (float[]){1, 0.5f, 1, 0}, 4, 1e-7);
         bs[1]->data[1] = 4;
-        CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 4 of sample 1 is not a class in [0, 4)");
+        CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "label 4 of sample 1 is not a class in [0, 4)");
         bs[1]->data[1] = 2;
     }
     gradcheck_free_layer(l);

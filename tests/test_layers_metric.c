@@ -16,12 +16,6 @@ static void free_all(mtl_tensor **t, int n)
         mtl_tensor_free(t[i]);
 }
 
-static mtl_status run_forward(mtl_layer *l, mtl_error *err)
-{
-    MTL_TRY(l->ops->reshape(l, err));
-    return l->ops->forward(l, err);
-}
-
 /* Builds the layer over bottoms with n_tops tops, runs forward and returns top 0's value (NAN on
  * failure); top 1's value goes to *second when asked for. */
 static float loss2_of(const char *text, mtl_tensor **bottoms, int n_bottoms, int n_tops, float *second)
@@ -32,7 +26,7 @@ static float loss2_of(const char *text, mtl_tensor **bottoms, int n_bottoms, int
     float v = NAN;
     CHECK_OK(gradcheck_build(text, MTL_PHASE_TRAIN, bottoms, n_bottoms, tops, n_tops, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         CHECK_MSG(tops[0]->ndim == 0 && tops[0]->count == 1, "%s: loss top has %d axes", text, tops[0]->ndim);
         v = tops[0]->data[0];
         if (second)
@@ -58,7 +52,7 @@ static float loss_and_grad(const char *text, mtl_tensor **bottoms, int n_bottoms
     float v = NAN;
     CHECK_OK(gradcheck_build(text, MTL_PHASE_TRAIN, bottoms, n_bottoms, &top, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         v = top->data[0];
         top->grad[0] = w;
         l->ops->backward(l);
@@ -303,12 +297,12 @@ static void test_contrastive(void)
     y->data[2] = 0;
     CHECK_OK(gradcheck_build("type: 'ContrastiveLoss'", MTL_PHASE_TRAIN, bs, 3, &top, 1, &l, &err), &err);
     if (l)
-        CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "pair 1 has label 2");
+        CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "pair 1 has label 2");
     gradcheck_free_layer(l);
     y->data[1] = -1;
     CHECK_OK(gradcheck_build("type: 'ContrastiveLoss'", MTL_PHASE_TRAIN, bs, 3, &top, 1, &l, &err), &err);
     if (l)
-        CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "pair 1 has label -1");
+        CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "pair 1 has label -1");
     gradcheck_free_layer(l);
     mtl_tensor_free(top);
 
@@ -575,7 +569,7 @@ static void test_l2_normalize(void)
     static const float want[9] = {0.6f, 0.8f, 0, 0, 0, 0, 1.0f / 3, 2.0f / 3, 2.0f / 3};
     CHECK_OK(gradcheck_build("type: 'L2Normalize'", MTL_PHASE_TRAIN, &x, 1, &y, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         for (int i = 0; i < 9; i++)
             CHECK_NEAR(y->data[i], want[i], 1e-6);
         /* backward by hand for (3, 4) -> (0.6, 0.8) with dy = (1, 0): dx = (dy - y (y . dy)) / 5 =
@@ -592,7 +586,7 @@ static void test_l2_normalize(void)
                              &err),
              &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         CHECK_NEAR(y->data[0], 0.5, 1e-6);
         CHECK_NEAR(y->data[1], 4.0 / 6, 1e-6);
     }
@@ -600,7 +594,7 @@ static void test_l2_normalize(void)
     /* in place */
     CHECK_OK(gradcheck_build("type: 'L2Normalize'", MTL_PHASE_TRAIN, &x, 1, &x, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         for (int i = 0; i < 9; i++)
             CHECK_NEAR(x->data[i], want[i], 1e-6);
     }
@@ -610,10 +604,10 @@ static void test_l2_normalize(void)
     gradcheck_fill(big, -2, 2, 17);
     CHECK_OK(gradcheck_build("type: 'L2Normalize'", MTL_PHASE_TRAIN, &big, 1, &big_y, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         gradcheck_fill(big_y, -1, 1, 18);
         memcpy(big_y->grad, big_y->data, 64 * 600 * sizeof(float));
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         l->ops->backward(l);
         int bad = 0;
         for (int n = 0; n < 64; n++) {

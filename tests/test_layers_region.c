@@ -28,12 +28,6 @@ static void free_all(mtl_tensor **t, int n)
         mtl_tensor_free(t[i]);
 }
 
-static mtl_status run_forward(mtl_layer *l, mtl_error *err)
-{
-    MTL_TRY(l->ops->reshape(l, err));
-    return l->ops->forward(l, err);
-}
-
 /* Builds the layer (TRAIN unless phase says otherwise) and runs one forward; NULL on failure. */
 static mtl_layer *build_and_run(const char *text, mtl_phase phase, mtl_tensor **bottoms, int nb, mtl_tensor **tops,
                                 int nt)
@@ -43,7 +37,7 @@ static mtl_layer *build_and_run(const char *text, mtl_phase phase, mtl_tensor **
     CHECK_OK(gradcheck_build(text, phase, bottoms, nb, tops, nt, &l, &err), &err);
     if (!l)
         return NULL;
-    mtl_status st = run_forward(l, &err);
+    mtl_status st = test_forward(l, &err);
     CHECK_OK(st, &err);
     if (st != MTL_OK) {
         gradcheck_free_layer(l);
@@ -75,7 +69,7 @@ static void check_forward_fails(const char *text, mtl_tensor **bottoms, int nb, 
     mtl_layer *l = NULL;
     CHECK_OK(gradcheck_build(text, MTL_PHASE_TRAIN, bottoms, nb, tops, nt, &l, &err), &err);
     if (l)
-        CHECK_FAILS(run_forward(l, &err), &err, status, needle);
+        CHECK_FAILS(test_forward(l, &err), &err, status, needle);
     gradcheck_free_layer(l);
     free_all(tops, 5);
 }
@@ -299,7 +293,7 @@ static void test_anchor_target_sampling(void)
         int differs = 0;
         mtl_error err;
         for (int rep = 0; rep < 5 && !differs; rep++) {
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
             CHECK_INT(count_equal(tops[0]->data, 64, 1.0f), 4);
             differs = memcmp(first, tops[0]->data, sizeof(first)) != 0;
         }

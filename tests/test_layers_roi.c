@@ -17,18 +17,6 @@
 #include "gradcheck.h"
 #include "test_util.h"
 
-static void check_values(const char *what, const float *got, const float *want, int n, double tol)
-{
-    for (int i = 0; i < n; i++)
-        CHECK_MSG(fabs(got[i] - want[i]) <= tol, "%s[%d] = %.7g, expected %.7g", what, i, got[i], want[i]);
-}
-
-static mtl_status run_forward(mtl_layer *l, mtl_error *err)
-{
-    MTL_TRY(l->ops->reshape(l, err));
-    return l->ops->forward(l, err);
-}
-
 /* ---- gradient checks -------------------------------------------------------------------------
  * gradcheck_run fills every bottom at random, which suits the features but not rois, so most
  * cases here place the rois by hand and difference the features themselves with the same rule
@@ -46,7 +34,7 @@ typedef struct roi_grad_case {
 
 static double weighted_top(mtl_layer *l, const float *weights, mtl_error *err, int *failed)
 {
-    if (run_forward(l, err) != MTL_OK) {
+    if (test_forward(l, err) != MTL_OK) {
         *failed = 1;
         return 0;
     }
@@ -83,7 +71,7 @@ static void check_roi_gradients(const roi_grad_case *c)
     if (!l)
         goto done;
     int failed = 0;
-    CHECK_OK(run_forward(l, &err), &err); /* shapes the top */
+    CHECK_OK(test_forward(l, &err), &err); /* shapes the top */
     float *weights = malloc((size_t)(top->count ? top->count : 1) * sizeof(float));
     for (int64_t i = 0; i < top->count; i++)
         weights[i] = mtl_rng_range(&rng, -1.0f, 1.0f);
@@ -212,15 +200,15 @@ static void check_layer(const char *text, mtl_tensor *x, const float *rois, int 
     mtl_layer *l = NULL;
     CHECK_OK(gradcheck_build(text, MTL_PHASE_TRAIN, bottoms, 2, &top, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         CHECK_MSG(top->count == n_want, "%s: top has %lld values, expected %d", text, (long long)top->count, n_want);
         if (top->count == n_want)
-            check_values(text, top->data, want, n_want, tol);
+            test_check_values(text, top->data, want, n_want, tol);
         if (dy && top->count == n_want) {
             memcpy(top->grad, dy, (size_t)n_want * sizeof(float));
             l->propagate_down[0] = 1;
             l->ops->backward(l);
-            check_values(text, x->grad, dx, (int)x->count, tol);
+            test_check_values(text, x->grad, dx, (int)x->count, tol);
         }
     }
     gradcheck_free_layer(l);
@@ -345,7 +333,7 @@ static void test_empty(void)
         gradcheck_fill(x, -1, 1, 3);
         CHECK_OK(gradcheck_build(layers[k], MTL_PHASE_TRAIN, bottoms, 2, &top, 1, &l, &err), &err);
         if (l) {
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
             CHECK_INT(top->count, 0);
             CHECK_INT(top->ndim, 4);
             CHECK_INT(top->shape[0], 0);
@@ -361,7 +349,7 @@ static void test_empty(void)
             /* then some rois again: the buffers grow */
             CHECK_OK(mtl_tensor_reshape(rois, 2, (int[]){2, 5}, &err), &err);
             memcpy(rois->data, (float[]){1, 0, 0, 4, 3, 0, 1, 1, 2, 2}, sizeof(float) * 10);
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
             CHECK_INT(top->count, 2 * 3 * l->tops[0]->shape[2] * l->tops[0]->shape[3]);
         }
         gradcheck_free_layer(l);
@@ -397,25 +385,25 @@ static void test_errors(void)
         mtl_tensor *caffe_rois[2] = {x, rois5111};
         CHECK_OK(gradcheck_build(layers[k], MTL_PHASE_TRAIN, caffe_rois, 2, &top, 1, &l, &err), &err);
         if (l)
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
         gradcheck_free_layer(l);
 
         CHECK_OK(gradcheck_build(layers[k], MTL_PHASE_TRAIN, bottoms, 2, &top, 1, &l, &err), &err);
         if (l) {
             rois->data[0] = 2;
-            CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT,
+            CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT,
                         "roi 0 has batch index 2: it must be an integer in [0, 2)");
             rois->data[0] = -1;
-            CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has batch index -1");
+            CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has batch index -1");
             rois->data[0] = 0.5f;
-            CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has batch index 0.5");
+            CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has batch index 0.5");
             rois->data[0] = NAN;
-            CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has batch index nan");
+            CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has batch index nan");
             rois->data[0] = 1;
             rois->data[3] = INFINITY;
-            CHECK_FAILS(run_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has corner coordinate inf");
+            CHECK_FAILS(test_forward(l, &err), &err, MTL_ERR_ARGUMENT, "roi 0 has corner coordinate inf");
             rois->data[3] = 2;
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
             rois->data[0] = 0;
         }
         gradcheck_free_layer(l);
@@ -499,10 +487,10 @@ static void test_threads(void)
         float *y_ref = NULL, *dx_ref = NULL;
         for (int threads = 1; threads <= 4; threads *= 2) {
             set_threads(threads);
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
             gradcheck_fill(top, -1, 1, 9); /* fills data: copy it to the gradient */
             memcpy(top->grad, top->data, (size_t)top->count * sizeof(float));
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
             l->propagate_down[0] = 1;
             l->ops->backward(l);
             if (!y_ref) {
@@ -657,15 +645,15 @@ static void test_roi_align_reference(void)
                   cases[k].ratio, cases[k].aligned, y_ref, dy, dx_ref);
         for (int threads = 1; threads <= 3; threads++) {
             set_threads(threads);
-            CHECK_OK(run_forward(l, &err), &err);
+            CHECK_OK(test_forward(l, &err), &err);
             CHECK_INT(top->count, top_count);
             if (top->count != top_count)
                 break;
             memcpy(top->grad, dy, sizeof(float) * (size_t)top_count);
             l->propagate_down[0] = 1;
             l->ops->backward(l);
-            check_values(cases[k].layer, top->data, y_ref, top_count, 1e-5);
-            check_values(cases[k].layer, x->grad, dx_ref, x_count, 1e-5);
+            test_check_values(cases[k].layer, top->data, y_ref, top_count, 1e-5);
+            test_check_values(cases[k].layer, x->grad, dx_ref, x_count, 1e-5);
             if (threads == 1) {
                 memcpy(y_one, top->data, sizeof(float) * (size_t)top_count);
                 memcpy(dx_one, x->grad, sizeof(float) * (size_t)x_count);

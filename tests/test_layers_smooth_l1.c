@@ -11,18 +11,6 @@
 #include "layers/labels.h"
 #include "test_util.h"
 
-static void check_values(const char *what, const float *got, const float *want, int n, double tol)
-{
-    for (int i = 0; i < n; i++)
-        CHECK_MSG(fabs(got[i] - want[i]) <= tol, "%s[%d] = %.7g, expected %.7g", what, i, got[i], want[i]);
-}
-
-static mtl_status run_forward(mtl_layer *l, mtl_error *err)
-{
-    MTL_TRY(l->ops->reshape(l, err));
-    return l->ops->forward(l, err);
-}
-
 /* Builds the layer, runs forward and checks the loss; with `grad` (the prediction gradient for
  * loss weight `weight`) also runs backward for predictions and targets and checks both (the
  * targets' is the negative). Returns the loss (NAN if the layer failed). */
@@ -35,7 +23,7 @@ static float run_case(const char *text, mtl_tensor **bottoms, int n_bottoms, dou
     float v = NAN;
     CHECK_OK(gradcheck_build(text, MTL_PHASE_TRAIN, bottoms, n_bottoms, &top, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         CHECK_MSG(top->ndim == 0 && top->count == 1, "%s: loss top has %d axes", text, top->ndim);
         v = top->data[0];
         CHECK_MSG(fabs(v - want_loss) <= 1e-5 * fmax(1.0, fabs(want_loss)), "%s: loss %.7g, expected %.7g", text, v,
@@ -52,11 +40,11 @@ static float run_case(const char *text, mtl_tensor **bottoms, int n_bottoms, dou
             float *neg = malloc((size_t)n * sizeof(float));
             for (int i = 0; i < n; i++)
                 neg[i] = -grad[i];
-            check_values("prediction gradient", bottoms[0]->grad, grad, n, 1e-6);
-            check_values("target gradient", bottoms[1]->grad, neg, n, 1e-6);
+            test_check_values("prediction gradient", bottoms[0]->grad, grad, n, 1e-6);
+            test_check_values("target gradient", bottoms[1]->grad, neg, n, 1e-6);
             for (int b = 2; b < n_bottoms; b++) {
                 float *zero = calloc((size_t)n, sizeof(float));
-                check_values("weight gradient (constants: zeros)", bottoms[b]->grad, zero, n, 0);
+                test_check_values("weight gradient (constants: zeros)", bottoms[b]->grad, zero, n, 0);
                 free(zero);
             }
             free(neg);

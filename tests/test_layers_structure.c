@@ -24,18 +24,6 @@ static int shape_is(const mtl_tensor *t, int ndim, ...)
     return ok;
 }
 
-static void check_values(const char *what, const float *got, const float *want, int n, double tol)
-{
-    for (int i = 0; i < n; i++)
-        CHECK_MSG(fabs(got[i] - want[i]) <= tol, "%s[%d] = %.7g, expected %.7g", what, i, got[i], want[i]);
-}
-
-static mtl_status run_forward(mtl_layer *l, mtl_error *err)
-{
-    MTL_TRY(l->ops->reshape ? l->ops->reshape(l, err) : MTL_OK);
-    return l->ops->forward(l, err);
-}
-
 static void free_tensors(mtl_tensor **t, int n)
 {
     for (int i = 0; i < n; i++)
@@ -122,7 +110,7 @@ static void test_input(void)
     CHECK_OK(mtl_tensor_reshape(tops[0], 4, batch, &err), &err);
     tops[0]->data[7] = 42.0f;
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     CHECK_NEAR(tops[0]->data[7], 42.0f, 0);
     CHECK(shape_is(tops[0], 4, 7, 3, 4, 5));
     gradcheck_free_layer(l);
@@ -165,7 +153,7 @@ static void test_dummy_data(void)
         CHECK_NEAR(tops[1]->data[i], 3.5f, 0);
     tops[1]->data[0] = -1.0f;
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     CHECK_NEAR(tops[1]->data[0], -1.0f, 0); /* constant: not refilled */
     gradcheck_free_layer(l);
 
@@ -190,7 +178,7 @@ static void test_dummy_data(void)
     memcpy(first, tops[0]->data, sizeof(first));
     int in_range = 1, changed = 0;
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     for (int i = 0; i < 20; i++) {
         in_range = in_range && tops[0]->data[i] >= 2.0f && tops[0]->data[i] < 3.0f && first[i] >= 2.0f;
         changed += tops[0]->data[i] != first[i];
@@ -233,9 +221,9 @@ static void test_flatten_reshape(void)
 
     CHECK_OK(gradcheck_build("type: 'Flatten'", MTL_PHASE_TRAIN, &b, 1, &top, 1, &l, &err), &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     CHECK(shape_is(top, 2, 2, 12));
-    check_values("flatten", top->data, v, 24, 0);
+    test_check_values("flatten", top->data, v, 24, 0);
     gradcheck_free_layer(l);
 
     CHECK_OK(gradcheck_build("type: 'Flatten' flatten_param { axis: 0 end_axis: 1 }", MTL_PHASE_TRAIN, &b, 1, &top,
@@ -255,9 +243,9 @@ static void test_flatten_reshape(void)
                              MTL_PHASE_TRAIN, &b, 1, &top, 1, &l, &err),
              &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     CHECK(shape_is(top, 4, 2, 3, 2, 2));
-    check_values("reshape", top->data, v, 24, 0);
+    test_check_values("reshape", top->data, v, 24, 0);
     /* backward copies the gradient */
     for (int i = 0; i < 24; i++)
         top->grad[i] = (float)(100 + i);
@@ -319,15 +307,15 @@ static void test_concat_slice_split(void)
     mtl_tensor *top = mtl_tensor_create("top");
     CHECK_OK(gradcheck_build("type: 'Concat'", MTL_PHASE_TRAIN, bs, 2, &top, 1, &l, &err), &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     CHECK(shape_is(top, 3, 2, 3, 2));
-    check_values("concat axis 1", top->data, (float[]){0, 1, 10, 11, 12, 13, 2, 3, 14, 15, 16, 17}, 12, 0);
+    test_check_values("concat axis 1", top->data, (float[]){0, 1, 10, 11, 12, 13, 2, 3, 14, 15, 16, 17}, 12, 0);
     for (int i = 0; i < 12; i++)
         top->grad[i] = top->data[i] + 0.5f;
     if (l)
         l->ops->backward(l);
-    check_values("concat grad a", bs[0]->grad, (float[]){0.5f, 1.5f, 2.5f, 3.5f}, 4, 0);
-    check_values("concat grad b", bs[1]->grad, (float[]){10.5f, 11.5f, 12.5f, 13.5f, 14.5f, 15.5f, 16.5f, 17.5f}, 8,
+    test_check_values("concat grad a", bs[0]->grad, (float[]){0.5f, 1.5f, 2.5f, 3.5f}, 4, 0);
+    test_check_values("concat grad b", bs[1]->grad, (float[]){10.5f, 11.5f, 12.5f, 13.5f, 14.5f, 15.5f, 16.5f, 17.5f}, 8,
                  0);
     gradcheck_free_layer(l);
 
@@ -351,23 +339,23 @@ static void test_concat_slice_split(void)
                              2, &l, &err),
              &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     CHECK(shape_is(tops[0], 3, 2, 2, 1) && shape_is(tops[1], 3, 2, 2, 1));
-    check_values("slice 0", tops[0]->data, (float[]){10, 12, 14, 16}, 4, 0);
-    check_values("slice 1", tops[1]->data, (float[]){11, 13, 15, 17}, 4, 0);
+    test_check_values("slice 0", tops[0]->data, (float[]){10, 12, 14, 16}, 4, 0);
+    test_check_values("slice 1", tops[1]->data, (float[]){11, 13, 15, 17}, 4, 0);
     gradcheck_free_layer(l);
     CHECK_OK(gradcheck_build("type: 'Slice'", MTL_PHASE_TRAIN, &bs[1], 1, tops, 2, &l, &err), &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
-    check_values("equal slice 0", tops[0]->data, (float[]){10, 11, 14, 15}, 4, 0);
-    check_values("equal slice 1", tops[1]->data, (float[]){12, 13, 16, 17}, 4, 0);
+        CHECK_OK(test_forward(l, &err), &err);
+    test_check_values("equal slice 0", tops[0]->data, (float[]){10, 11, 14, 15}, 4, 0);
+    test_check_values("equal slice 1", tops[1]->data, (float[]){12, 13, 16, 17}, 4, 0);
     for (int i = 0; i < 4; i++) {
         tops[0]->grad[i] = (float)i;
         tops[1]->grad[i] = (float)(10 + i);
     }
     if (l)
         l->ops->backward(l);
-    check_values("slice grad", bs[1]->grad, (float[]){0, 1, 10, 11, 2, 3, 12, 13}, 8, 0);
+    test_check_values("slice grad", bs[1]->grad, (float[]){0, 1, 10, 11, 2, 3, 12, 13}, 8, 0);
     gradcheck_free_layer(l);
 
     mtl_tensor *wide = test_tensor((int[]){2, 5, 0}, NULL);
@@ -393,16 +381,16 @@ static void test_concat_slice_split(void)
     /* Split: every top a copy; the bottom's gradient is the sum of the tops' */
     CHECK_OK(gradcheck_build("type: 'Split'", MTL_PHASE_TRAIN, bs, 1, tops, 3, &l, &err), &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
     for (int t = 0; t < 3; t++) {
         CHECK(shape_is(tops[t], 3, 2, 1, 2));
-        check_values("split", tops[t]->data, bs[0]->data, 4, 0);
+        test_check_values("split", tops[t]->data, bs[0]->data, 4, 0);
         for (int i = 0; i < 4; i++)
             tops[t]->grad[i] = (float)((t + 1) * (i + 1));
     }
     if (l)
         l->ops->backward(l);
-    check_values("split grad", bs[0]->grad, (float[]){6, 12, 18, 24}, 4, 0);
+    test_check_values("split grad", bs[0]->grad, (float[]){6, 12, 18, 24}, 4, 0);
     gradcheck_free_layer(l);
 
     free_tensors(tops, 3);
@@ -426,8 +414,8 @@ static void test_eltwise_silence(void)
                              &top, 1, &l, &err),
              &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
-    check_values("sum", top->data, (float[]){0, 3, -8, 5}, 4, 1e-6);
+        CHECK_OK(test_forward(l, &err), &err);
+    test_check_values("sum", top->data, (float[]){0, 3, -8, 5}, 4, 1e-6);
     gradcheck_free_layer(l);
 
     /* PROD: [1*2*0.5, -2*5*5, 3*3*-4, 0]; d/d bottom 0 = product of the others (stable) */
@@ -435,13 +423,13 @@ static void test_eltwise_silence(void)
                              &err),
              &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
-    check_values("prod", top->data, (float[]){1, -50, -36, 0}, 4, 1e-6);
+        CHECK_OK(test_forward(l, &err), &err);
+    test_check_values("prod", top->data, (float[]){1, -50, -36, 0}, 4, 1e-6);
     for (int i = 0; i < 4; i++)
         top->grad[i] = 1.0f;
     if (l)
         l->ops->backward(l);
-    check_values("prod grad with a zero", bs[0]->grad, (float[]){1, 25, -12, -2}, 4, 1e-6);
+    test_check_values("prod grad with a zero", bs[0]->grad, (float[]){1, 25, -12, -2}, 4, 1e-6);
     gradcheck_free_layer(l);
 
     /* MAX: [2 (b1), 5 (b1 wins the tie with b2: later bottoms must be strictly greater), 3 (tie b0/b1: b1), 2 (b2)] */
@@ -449,15 +437,15 @@ static void test_eltwise_silence(void)
                              &err),
              &err);
     if (l)
-        CHECK_OK(run_forward(l, &err), &err);
-    check_values("max", top->data, (float[]){2, 5, 3, 2}, 4, 0);
+        CHECK_OK(test_forward(l, &err), &err);
+    test_check_values("max", top->data, (float[]){2, 5, 3, 2}, 4, 0);
     for (int i = 0; i < 4; i++)
         top->grad[i] = (float)(i + 1);
     if (l)
         l->ops->backward(l);
-    check_values("max grad 0", bs[0]->grad, (float[]){0, 0, 0, 0}, 4, 0);
-    check_values("max grad 1", bs[1]->grad, (float[]){1, 2, 3, 0}, 4, 0);
-    check_values("max grad 2", bs[2]->grad, (float[]){0, 0, 0, 4}, 4, 0);
+    test_check_values("max grad 0", bs[0]->grad, (float[]){0, 0, 0, 0}, 4, 0);
+    test_check_values("max grad 1", bs[1]->grad, (float[]){1, 2, 3, 0}, 4, 0);
+    test_check_values("max grad 2", bs[2]->grad, (float[]){0, 0, 0, 4}, 4, 0);
     gradcheck_free_layer(l);
 
     CHECK_FAILS(gradcheck_build("type: 'Eltwise' eltwise_param { coeff: 1 coeff: 2 }", MTL_PHASE_TRAIN, bs, 3, &top,
@@ -480,12 +468,12 @@ static void test_eltwise_silence(void)
     for (int i = 0; i < 4; i++)
         bs[0]->grad[i] = bs[1]->grad[i] = 9.0f;
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         l->propagate_down[1] = 0;
         l->ops->backward(l);
     }
-    check_values("silence grad", bs[0]->grad, (float[]){0, 0, 0, 0}, 4, 0);
-    check_values("silence skipped grad", bs[1]->grad, (float[]){9, 9, 9, 9}, 4, 0);
+    test_check_values("silence grad", bs[0]->grad, (float[]){0, 0, 0, 0}, 4, 0);
+    test_check_values("silence skipped grad", bs[1]->grad, (float[]){9, 9, 9, 9}, 4, 0);
     gradcheck_free_layer(l);
     CHECK_FAILS(gradcheck_build("type: 'Silence'", MTL_PHASE_TRAIN, bs, 1, &top, 1, &l, &err), &err, MTL_ERR_CONFIG,
                 "top");
@@ -510,7 +498,7 @@ static void test_large(void)
                              &err),
              &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         for (int i = 0; i < N * C; i++) {
             tops[0]->grad[i] = (float)i;
             bad += tops[0]->data[i] != fmaxf(bs[0]->data[i], bs[1]->data[i]);
@@ -526,7 +514,7 @@ static void test_large(void)
 
     CHECK_OK(gradcheck_build("type: 'Concat'", MTL_PHASE_TRAIN, bs, 2, tops, 1, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         CHECK(tops[0]->ndim == 2 && tops[0]->shape[1] == 2 * C);
         for (int n = 0; n < N; n++)
             for (int c = 0; c < C; c++)
@@ -538,7 +526,7 @@ static void test_large(void)
 
     CHECK_OK(gradcheck_build("type: 'Split'", MTL_PHASE_TRAIN, bs, 1, tops, 2, &l, &err), &err);
     if (l) {
-        CHECK_OK(run_forward(l, &err), &err);
+        CHECK_OK(test_forward(l, &err), &err);
         for (int i = 0; i < N * C; i++) {
             tops[0]->grad[i] = (float)i;
             tops[1]->grad[i] = 0.5f;

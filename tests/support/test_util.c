@@ -2,12 +2,30 @@
 #define _DEFAULT_SOURCE
 #include "test_util.h"
 
+#include "check.h"
+
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+void test_check_values(const char *what, const float *got, const float *want, int n, double tol)
+{
+    for (int i = 0; i < n; i++) {
+        int ok = isnan(want[i]) ? isnan(got[i]) : fabs(got[i] - want[i]) <= tol;
+        CHECK_MSG(ok, "%s[%d] = %.7g, expected %.7g", what, i, got[i], want[i]);
+    }
+}
+
+mtl_status test_forward(mtl_layer *l, mtl_error *err)
+{
+    if (l->ops->reshape)
+        MTL_TRY(l->ops->reshape(l, err));
+    return l->ops->forward(l, err);
+}
 
 mtl_tensor *test_tensor_n(int ndim, const int *shape, const float *values)
 {
