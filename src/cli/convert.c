@@ -14,10 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "cli.h"
+#include "core/file.h"
 #include "core/rng.h"
+#include "data/coco.h"
 #include "data/db.h"
 #include "data/image.h"
 #include "data/record.h"
@@ -82,6 +82,7 @@ typedef struct convert_job {
     float *boxes;       /* all boxes */
     int64_t crowd_skipped;
     char *text;         /* the list file's bytes; items point into them */
+    mtl_coco coco;      /* the annotation file; items point into it */
 } convert_job;
 
 static void job_free(convert_job *job)
@@ -95,41 +96,7 @@ static void job_free(convert_job *job)
     free(job->labels);
     free(job->boxes);
     free(job->text);
-}
-
-static mtl_status read_text(const char *path, char **text, size_t *size, mtl_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mtl_fail(err, errno == ENOENT ? MTL_ERR_NOT_FOUND : MTL_ERR_IO, "cannot open '%s': %s", path,
-                        strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - 1 - n, f);
-        if (n < cap - 1)
-            break;
-        char *grown = realloc(buf, cap * 2);
-        if (!grown) {
-            free(buf);
-            buf = NULL;
-        } else {
-            buf = grown;
-            cap *= 2;
-        }
-    }
-    int failed = ferror(f);
-    fclose(f);
-    if (!buf)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", path);
-    if (failed) {
-        free(buf);
-        return mtl_fail(err, MTL_ERR_IO, "cannot read '%s'", path);
-    }
-    buf[n] = '\0';
-    *text = buf;
-    *size = n;
-    return MTL_OK;
+    mtl_coco_free(&job->coco);
 }
 
 /* ---- the list file ---- */
@@ -173,7 +140,7 @@ static int split_tokens(char *line, char **tokens)
 static mtl_status read_list(convert_job *job, int k_given, mtl_error *err)
 {
     size_t size;
-    MTL_TRY(read_text(job->source, &job->text, &size, err));
+    MTL_TRY(mtl_read_file(job->source, NULL, 0, &job->text, &size, err));
     if (memchr(job->text, '\0', size))
         return mtl_fail(err, MTL_ERR_PARSE, "'%s' is not a text file (it holds zero bytes)", job->source);
     int64_t n_lines = 1;
@@ -258,238 +225,65 @@ static mtl_status read_list(convert_job *job, int k_given, mtl_error *err)
 
 /* ---- COCO annotations ---- */
 
-typedef struct id_index {
-    int64_t id;
-    int64_t index;
-} id_index;
-
-static int compare_ids(const void *a, const void *b)
+/* Takes the annotation file's images in its order, each with its non-crowd boxes [class, x, y, w,
+ * h] in the order of the annotations. Crowd regions mark many objects at once, not boxes to learn
+ * from: they are left out and counted. */
+static mtl_status read_coco(convert_job *job, mtl_error *err)
 {
-    int64_t x = ((const id_index *)a)->id, y = ((const id_index *)b)->id;
-    return (x > y) - (x < y);
-}
-
-static const id_index *find_id(const id_index *table, int64_t n, int64_t id)
-{
-    id_index key = {id, 0};
-    return bsearch(&key, table, (size_t)n, sizeof(*table), compare_ids);
-}
-
-/* An integer-valued JSON number. */
-static int json_integer(const cJSON *v, int64_t *out)
-{
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 9.0e15)
-        return -1;
-    *out = (int64_t)v->valuedouble;
-    return 0;
-}
-
-static const cJSON *json_array(const cJSON *root, const char *name, const char *source, mtl_status *st,
-                               mtl_error *err)
-{
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, name);
-    if (!cJSON_IsArray(a))
-        *st = mtl_fail(err, MTL_ERR_PARSE, "%s: '%s' is %s; a COCO annotation file has a list there", source, name,
-                       a ? "not a list" : "missing");
-    return a;
-}
-
-static mtl_status read_coco_categories(convert_job *job, const cJSON *root, id_index **cats, int *n_cats,
-                                       mtl_error *err)
-{
-    mtl_status st = MTL_OK;
-    const cJSON *list = json_array(root, "categories", job->source, &st, err);
-    if (st != MTL_OK)
-        return st;
-    int n = cJSON_GetArraySize(list);
-    *cats = calloc((size_t)n + 1, sizeof(id_index));
-    job->label_names = calloc((size_t)n + 1, sizeof(char *));
-    job->category_ids = calloc((size_t)n + 1, sizeof(int));
-    if (!*cats || !job->label_names || !job->category_ids)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", job->source);
-    int i = 0;
-    const cJSON *c;
-    cJSON_ArrayForEach(c, list)
-    {
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(c, "name");
-        int64_t id;
-        if (json_integer(cJSON_GetObjectItemCaseSensitive(c, "id"), &id) != 0 || id < INT_MIN || id > INT_MAX ||
-            !cJSON_IsString(name))
-            return mtl_fail(err, MTL_ERR_PARSE, "%s: category %d needs an integer 'id' and a string 'name'",
-                            job->source, i);
-        (*cats)[i] = (id_index){id, i};
-        i++;
+    const mtl_coco *c = &job->coco;
+    MTL_TRY(mtl_coco_read(job->source, MTL_COCO_ANNOTATIONS | MTL_COCO_IMAGE_FILES, &job->coco, err));
+    int bad = -1; /* the metadata stores category ids as ints: the first one in the file that does not fit */
+    for (int k = 0; k < c->n_categories; k++) {
+        const mtl_coco_category *cat = &c->categories[k];
+        if ((cat->id < INT_MIN || cat->id > INT_MAX) && (bad < 0 || cat->index < bad))
+            bad = cat->index;
     }
-    qsort(*cats, (size_t)n, sizeof(id_index), compare_ids);
-    for (int k = 0; k < n; k++) {
-        if (k > 0 && (*cats)[k].id == (*cats)[k - 1].id)
-            return mtl_fail(err, MTL_ERR_PARSE, "%s: category id %" PRId64 " appears twice", job->source,
-                            (*cats)[k].id);
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(list, (int)(*cats)[k].index), "name");
-        if (!(job->label_names[k] = mtl_strdup(name->valuestring)))
+    if (bad >= 0)
+        return mtl_fail(err, MTL_ERR_PARSE, "%s: category %d needs an integer 'id' and a string 'name'", job->source,
+                        bad);
+    job->label_names = calloc((size_t)c->n_categories + 1, sizeof(char *));
+    job->category_ids = calloc((size_t)c->n_categories + 1, sizeof(int));
+    job->items = calloc((size_t)c->n_images, sizeof(*job->items));
+    job->boxes = calloc(5 * (size_t)c->n_boxes + 1, sizeof(float));
+    if (!job->label_names || !job->category_ids || !job->items || !job->boxes)
+        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", job->source);
+    for (int k = 0; k < c->n_categories; k++) {
+        if (!(job->label_names[k] = mtl_strdup(c->categories[k].name)))
             return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", job->source);
-        job->category_ids[k] = (int)(*cats)[k].id;
+        job->category_ids[k] = (int)c->categories[k].id;
     }
-    *n_cats = n;
-    return MTL_OK;
-}
-
-static mtl_status read_coco_images(convert_job *job, const cJSON *root, id_index **images, mtl_error *err)
-{
-    mtl_status st = MTL_OK;
-    const cJSON *list = json_array(root, "images", job->source, &st, err);
-    if (st != MTL_OK)
-        return st;
-    int n = cJSON_GetArraySize(list);
-    if (n == 0)
-        return mtl_fail(err, MTL_ERR_PARSE, "%s lists no images", job->source);
-    job->items = calloc((size_t)n, sizeof(*job->items));
-    *images = calloc((size_t)n, sizeof(id_index));
-    if (!job->items || !*images)
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", job->source);
-    const cJSON *im;
-    cJSON_ArrayForEach(im, list)
-    {
-        convert_item *item = &job->items[job->n_items];
-        const cJSON *file = cJSON_GetObjectItemCaseSensitive(im, "file_name");
-        const cJSON *w = cJSON_GetObjectItemCaseSensitive(im, "width");
-        const cJSON *h = cJSON_GetObjectItemCaseSensitive(im, "height");
-        int64_t id, wv = 0, hv = 0;
-        if (json_integer(cJSON_GetObjectItemCaseSensitive(im, "id"), &id) != 0 || !cJSON_IsString(file) ||
-            !file->valuestring[0])
-            return mtl_fail(err, MTL_ERR_PARSE, "%s: image %" PRId64 " needs an integer 'id' and a 'file_name'",
-                            job->source, job->n_items);
-        if ((w && (json_integer(w, &wv) != 0 || wv <= 0 || wv > INT_MAX)) ||
-            (h && (json_integer(h, &hv) != 0 || hv <= 0 || hv > INT_MAX)))
-            return mtl_fail(err, MTL_ERR_PARSE, "%s: image %" PRId64 " ('%s') has a bad 'width' or 'height'",
-                            job->source, job->n_items, file->valuestring);
-        item->path = file->valuestring; /* lives as long as the parsed JSON */
-        item->line = (int)job->n_items;
-        item->coco_id = id;
-        item->width = (int)wv;
-        item->height = (int)hv;
-        (*images)[job->n_items] = (id_index){id, job->n_items};
-        job->n_items++;
+    job->n_items = c->n_images;
+    for (int64_t i = 0; i < c->n_images; i++) {
+        const mtl_coco_image *im = &c->images[i];
+        convert_item *item = &job->items[im->index];
+        item->path = im->file_name;
+        item->line = (int)im->index;
+        item->coco_id = im->id;
+        item->width = im->width;
+        item->height = im->height;
     }
-    qsort(*images, (size_t)n, sizeof(id_index), compare_ids);
-    for (int k = 1; k < n; k++)
-        if ((*images)[k].id == (*images)[k - 1].id)
-            return mtl_fail(err, MTL_ERR_PARSE, "%s: image id %" PRId64 " appears twice", job->source,
-                            (*images)[k].id);
-    return MTL_OK;
-}
-
-/* Collects every non-crowd annotation as a box [class, x, y, w, h] of its image. */
-static mtl_status read_coco_boxes(convert_job *job, const cJSON *root, const id_index *images,
-                                  const id_index *cats, int n_cats, mtl_error *err)
-{
-    mtl_status st = MTL_OK;
-    const cJSON *list = json_array(root, "annotations", job->source, &st, err);
-    if (st != MTL_OK)
-        return st;
-    int n = cJSON_GetArraySize(list);
-    job->boxes = calloc((size_t)n * 5 + 1, sizeof(float));
-    int64_t *owner = calloc((size_t)n + 1, sizeof(int64_t));
-    float *staged = calloc((size_t)n * 5 + 1, sizeof(float));
-    if (!job->boxes || !owner || !staged) {
-        free(owner);
-        free(staged);
-        return mtl_fail(err, MTL_ERR_NOMEM, "out of memory reading '%s'", job->source);
+    /* count each image's boxes, then lay them out contiguously */
+    for (int64_t b = 0; b < c->n_boxes; b++)
+        if (c->boxes[b].crowd)
+            job->crowd_skipped++;
+        else
+            job->items[c->images[c->boxes[b].image].index].n_boxes++;
+    int64_t offset = 0;
+    for (int64_t i = 0; i < job->n_items; i++) {
+        job->items[i].boxes = job->boxes + 5 * offset;
+        offset += job->items[i].n_boxes;
+        job->items[i].n_boxes = 0;
     }
-    int a = 0, kept = 0;
-    const cJSON *ann;
-    cJSON_ArrayForEach(ann, list)
-    {
-        int64_t image_id, category_id, crowd = 0;
-        const cJSON *bbox = cJSON_GetObjectItemCaseSensitive(ann, "bbox");
-        const cJSON *iscrowd = cJSON_GetObjectItemCaseSensitive(ann, "iscrowd");
-        if (json_integer(cJSON_GetObjectItemCaseSensitive(ann, "image_id"), &image_id) != 0 ||
-            json_integer(cJSON_GetObjectItemCaseSensitive(ann, "category_id"), &category_id) != 0) {
-            st = mtl_fail(err, MTL_ERR_PARSE, "%s: annotation %d needs an integer 'image_id' and 'category_id'",
-                          job->source, a);
-            break;
-        }
-        if (iscrowd && (cJSON_IsBool(iscrowd) ? (crowd = cJSON_IsTrue(iscrowd), 0) : json_integer(iscrowd, &crowd))) {
-            st = mtl_fail(err, MTL_ERR_PARSE, "%s: annotation %d has a bad 'iscrowd'", job->source, a);
-            break;
-        }
-        const id_index *im = find_id(images, job->n_items, image_id);
-        const id_index *cat = find_id(cats, n_cats, category_id);
-        if (!im || !cat) {
-            st = mtl_fail(err, MTL_ERR_PARSE, "%s: annotation %d refers to %s %" PRId64 ", which is not listed",
-                          job->source, a, im ? "category" : "image", im ? category_id : image_id);
-            break;
-        }
-        float v[4];
-        int ok = cJSON_IsArray(bbox) && cJSON_GetArraySize(bbox) == 4;
-        for (int i = 0; ok && i < 4; i++) {
-            const cJSON *x = cJSON_GetArrayItem(bbox, i);
-            ok = cJSON_IsNumber(x) && isfinite(x->valuedouble) && (i < 2 || x->valuedouble >= 0);
-            v[i] = ok ? (float)x->valuedouble : 0.0f;
-        }
-        if (!ok) {
-            st = mtl_fail(err, MTL_ERR_PARSE, "%s: annotation %d needs a 'bbox' [x, y, width, height] of numbers "
-                          "(sizes not negative)", job->source, a);
-            break;
-        }
-        a++;
-        if (crowd) {
-            job->crowd_skipped++; /* crowd regions mark many objects at once: not boxes to learn from */
+    for (int64_t b = 0; b < c->n_boxes; b++) {
+        const mtl_det_gt *g = &c->boxes[b];
+        if (g->crowd)
             continue;
-        }
-        owner[kept] = im->index;
-        float *b = staged + 5 * (size_t)kept;
-        b[0] = (float)category_id;
-        memcpy(b + 1, v, sizeof(v));
-        job->items[im->index].n_boxes++;
-        kept++;
+        convert_item *item = &job->items[c->images[g->image].index];
+        float *box = item->boxes + 5 * (size_t)item->n_boxes++;
+        box[0] = (float)c->categories[g->class_id].id;
+        memcpy(box + 1, c->xywh + 4 * b, 4 * sizeof(float));
     }
-    if (st == MTL_OK) {
-        /* lay each image's boxes out contiguously, in the annotation file's order */
-        int64_t offset = 0;
-        for (int64_t i = 0; i < job->n_items; i++) {
-            job->items[i].boxes = job->boxes + 5 * offset;
-            offset += job->items[i].n_boxes;
-            job->items[i].n_boxes = 0;
-        }
-        for (int k = 0; k < kept; k++) {
-            convert_item *item = &job->items[owner[k]];
-            memcpy(item->boxes + 5 * (size_t)item->n_boxes++, staged + 5 * (size_t)k, 5 * sizeof(float));
-        }
-    }
-    free(owner);
-    free(staged);
-    return st;
-}
-
-static mtl_status read_coco(convert_job *job, cJSON **json, mtl_error *err)
-{
-    char *text;
-    size_t size;
-    MTL_TRY(read_text(job->source, &text, &size, err));
-    *json = cJSON_ParseWithLength(text, size);
-    if (!*json) {
-        const char *at = cJSON_GetErrorPtr();
-        int line = 1;
-        for (const char *p = text; at && p < at && p < text + size; p++)
-            line += *p == '\n';
-        mtl_status st = mtl_fail(err, MTL_ERR_PARSE, "%s:%d: not valid JSON", job->source, line);
-        free(text);
-        return st;
-    }
-    free(text);
-    if (!cJSON_IsObject(*json))
-        return mtl_fail(err, MTL_ERR_PARSE, "%s: a COCO annotation file is a JSON object", job->source);
-    id_index *images = NULL, *cats = NULL;
-    int n_cats = 0;
-    mtl_status st = read_coco_categories(job, *json, &cats, &n_cats, err);
-    if (st == MTL_OK)
-        st = read_coco_images(job, *json, &images, err);
-    if (st == MTL_OK)
-        st = read_coco_boxes(job, *json, images, cats, n_cats, err);
-    free(images);
-    free(cats);
-    return st;
+    return MTL_OK;
 }
 
 /* ---- converting ---- */
@@ -841,8 +635,7 @@ static int run_convert(int argc, char **argv)
         }
 
     mtl_error err = {0};
-    cJSON *json = NULL;
-    mtl_status st = coco ? read_coco(&job, &json, &err) : read_list(&job, labels_opt != NULL, &err);
+    mtl_status st = coco ? read_coco(&job, &err) : read_list(&job, labels_opt != NULL, &err);
     if (st == MTL_OK && names_opt && n_names != job.n_labels)
         st = mtl_fail(&err, MTL_ERR_CONFIG, "--label-names gives %d name%s but '%s' has %d label%s per line", n_names,
                       n_names == 1 ? "" : "s", job.source, job.n_labels, job.n_labels == 1 ? "" : "s");
@@ -877,7 +670,6 @@ static int run_convert(int argc, char **argv)
     if (st == MTL_OK)
         print_summary(&job, &stats);
     free(order);
-    cJSON_Delete(json);
     job_free(&job);
     if (st == MTL_ERR_INTERRUPTED) {
         fprintf(stderr, "mtl convert: %s\n", err.message);

@@ -10,8 +10,8 @@
 #include <time.h>
 
 #include "cli.h"
-#include "coco_json.h"
 #include "core/net.h"
+#include "data/coco.h"
 #include "data/image.h"
 #include "draw.h"
 #include "image_input.h"
@@ -117,7 +117,7 @@ static const char *base_name(const char *path)
 
 /* The annotation file's image for an IMAGE argument: the one whose file_name the path ends with
  * (at a '/'), else the one whose file_name has the same base name; two candidates are an error. */
-static mtl_status match_image(const cli_coco *gt, const char *path, int64_t *id, mtl_error *err)
+static mtl_status match_image(const mtl_coco *gt, const char *path, int64_t *id, mtl_error *err)
 {
     const size_t len = strlen(path);
     for (int pass = 0; pass < 2; pass++) {
@@ -190,7 +190,7 @@ static const uint8_t palette[12][3] = {{230, 25, 75},  {60, 180, 75},  {255, 225
                                        {210, 245, 60}, {250, 190, 212}, {0, 128, 128}, {170, 110, 40}};
 
 /* Draws the image with the detections rows[0..n) (x1 y1 x2 y2 in the file's pixels, score, class). */
-static mtl_status draw_detections(const detect_config *cfg, const cli_coco *gt, const detect_image *im, int index,
+static mtl_status draw_detections(const detect_config *cfg, const mtl_coco *gt, const detect_image *im, int index,
                                   const float *rows, int n, mtl_error *err)
 {
     mtl_image img = {0};
@@ -241,7 +241,7 @@ static mtl_status draw_detections(const detect_config *cfg, const cli_coco *gt, 
 
 /* Runs the net on one image (already in the input blob) and appends its kept detections to
  * `results`; with --draw, draws them. */
-static mtl_status detect_one(mtl_net *net, const mtl_tensor *dets, const detect_config *cfg, const cli_coco *gt,
+static mtl_status detect_one(mtl_net *net, const mtl_tensor *dets, const detect_config *cfg, const mtl_coco *gt,
                              const detect_image *im, int index, int in_w, int in_h, cJSON *results, int64_t *n_kept,
                              mtl_error *err)
 {
@@ -357,14 +357,14 @@ static double now_seconds(void)
 static int detect(const detect_config *cfg, const char **paths, int n_images)
 {
     mtl_error err = {0};
-    cli_coco gt = {0};
+    mtl_coco gt = {0};
     detect_image *images = calloc((size_t)n_images, sizeof(*images));
     cJSON *results = cJSON_CreateArray();
     mtl_net *net = NULL;
     mtl_status st = images && results ? MTL_OK : mtl_fail(&err, MTL_ERR_NOMEM, "out of memory");
     /* the annotation file first: a bad one or an unknown image fails before any work */
     if (st == MTL_OK && cfg->categories)
-        st = cli_coco_read(cfg->categories, 0, &gt, &err);
+        st = mtl_coco_read(cfg->categories, 0, &gt, &err);
     for (int i = 0; st == MTL_OK && i < n_images; i++) {
         images[i].path = paths[i];
         images[i].image_id = i;
@@ -415,7 +415,7 @@ static int detect(const detect_config *cfg, const char **paths, int n_images)
     mtl_net_free(net);
     cJSON_Delete(results);
     free(images);
-    cli_coco_free(&gt);
+    mtl_coco_free(&gt);
     if (rc != CLI_OK)
         return rc;
     return st == MTL_OK ? CLI_OK : cli_fail(&err);

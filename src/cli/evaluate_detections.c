@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "coco_json.h"
+#include "data/coco.h"
 #include "detection/evaluate.h"
 
 static const char evaluate_usage[] =
@@ -43,7 +43,7 @@ static void print_value(double v, int width)
         printf(" %*.4f", width, v);
 }
 
-static void print_table(const cli_coco *gt, int64_t n_dets, const mtl_det_class_eval *e, const mtl_det_summary *s)
+static void print_table(const mtl_coco *gt, int64_t n_dets, const mtl_det_class_eval *e, const mtl_det_summary *s)
 {
     int name_w = 8;
     for (int c = 0; c < gt->n_categories; c++) {
@@ -90,7 +90,7 @@ static int add(cJSON *obj, const char *name, cJSON *item)
     return 1;
 }
 
-static int print_json(const char *gt_path, const char *results_path, const cli_coco *gt, int64_t n_dets,
+static int print_json(const char *gt_path, const char *results_path, const mtl_coco *gt, int64_t n_dets,
                       const mtl_det_class_eval *e, const mtl_det_summary *s)
 {
     cJSON *root = cJSON_CreateObject();
@@ -147,14 +147,14 @@ static int run_evaluate(int argc, char **argv)
     const int json = cli_value(options, n_opts, "json") != NULL;
 
     mtl_error err = {0};
-    cli_coco gt;
-    if (cli_coco_read(pos[0], 1, &gt, &err) != MTL_OK)
+    mtl_coco gt;
+    if (mtl_coco_read(pos[0], MTL_COCO_ANNOTATIONS, &gt, &err) != MTL_OK)
         return cli_fail(&err);
     mtl_det_result *dets = NULL;
     int64_t n_dets = 0;
     mtl_det_class_eval *per_class = calloc((size_t)gt.n_categories + 1, sizeof(*per_class));
     mtl_det_summary summary;
-    mtl_status st = per_class ? cli_coco_read_results(pos[1], &gt, &dets, &n_dets, &err)
+    mtl_status st = per_class ? mtl_coco_read_results(pos[1], &gt, &dets, &n_dets, &err)
                               : mtl_fail(&err, MTL_ERR_NOMEM, "out of memory");
     if (st == MTL_OK)
         st = mtl_det_evaluate(gt.boxes, gt.n_boxes, dets, n_dets, gt.n_images, gt.n_categories, per_class, &summary,
@@ -167,7 +167,7 @@ static int run_evaluate(int argc, char **argv)
     }
     free(dets);
     free(per_class);
-    cli_coco_free(&gt);
+    mtl_coco_free(&gt);
     return st == MTL_OK ? rc : cli_fail(&err);
 }
 
