@@ -5,6 +5,7 @@
 
 #include "check.h"
 #include "core/net.h"
+#include "layers/layers.h"
 
 static const char *two_task_net =
     "name: 'two_task'\n"
@@ -259,8 +260,23 @@ static void test_frozen_and_nan(void)
     }
 }
 
+/* The table of layer types: every enum value has an entry, with a type name found by its own name
+ * and used once (a new type without its table entry fails here, not at a user's run). */
+static void test_layer_table(void)
+{
+    for (int i = 0; i < MTL_LAYER_TYPE_COUNT; i++) {
+        const mtl_layer_ops *ops = mtl_layer_table[i];
+        CHECK_MSG(ops && ops->type && ops->forward, "layer table entry %d is empty", i);
+        if (!ops || !ops->type)
+            continue;
+        CHECK_MSG(mtl_layer_ops_find(ops->type) == ops, "type '%s' (entry %d) is not found as itself", ops->type, i);
+        CHECK_MSG(ops->no_backward || ops->backward, "type '%s' has neither a backward nor no_backward", ops->type);
+    }
+}
+
 int main(void)
 {
+    test_layer_table();
     test_structure();
     test_sharing();
     check_net_gradients(two_task_net, "two_task");
