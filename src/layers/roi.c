@@ -21,8 +21,7 @@
  * feature map, and sums of a few of them still fit an int */
 #define ROI_COORD_LIMIT 268435456.0f
 
-/* transposes work in tiles of this many rows and columns (both sides stay in L1); ROIAlign's
- * backward hands its threads blocks of this many channels (64 bytes: whole vectors, and
+/* ROIAlign hands its threads blocks of this many channels (64 bytes: whole vectors, and
  * neighbouring threads seldom write the same cache line) */
 #define ROI_TILE 16
 
@@ -384,20 +383,6 @@ static void roi_align_axis_taps(float start, float size, int pooled, int grid, i
             out[p * grid + i] = roi_align_tap(start + (float)p * bin + ((float)i + 0.5f) * bin / (float)grid, map_size);
 }
 
-/* b[j * ldb + i] = a[i * lda + j] for i < rows, j < cols, in tiles that keep both sides in L1. */
-static void roi_transpose(const float *restrict a, int64_t rows, int64_t cols, int64_t lda, float *restrict b,
-                          int64_t ldb)
-{
-    for (int64_t i0 = 0; i0 < rows; i0 += ROI_TILE) {
-        int64_t i1 = i0 + ROI_TILE < rows ? i0 + ROI_TILE : rows;
-        for (int64_t j0 = 0; j0 < cols; j0 += ROI_TILE) {
-            int64_t j1 = j0 + ROI_TILE < cols ? j0 + ROI_TILE : cols;
-            for (int64_t j = j0; j < j1; j++)
-                for (int64_t i = i0; i < i1; i++)
-                    b[j * ldb + i] = a[i * lda + j];
-        }
-    }
-}
 
 /* Asks for the n floats at p ahead of their use: the next roi's block of the top gradient, which
  * is too large to stay cached from the layer above and is read in a transposing order. */
@@ -492,7 +477,7 @@ MTL_OMP("omp parallel for num_threads(s->threads) schedule(static) if (x->count 
     for (int64_t k = 0; k < (int64_t)n_images * blocks; k++) {
         const int64_t n = k / blocks, c0 = k % blocks * ROI_TILE;
         const int64_t c1 = c0 + ROI_TILE < channels ? c0 + ROI_TILE : channels;
-        roi_transpose(x->data + n * image + c0 * plane, c1 - c0, plane, plane, hwc + n * image + c0, channels);
+        mtl_cpu_transpose_strided(x->data + n * image + c0 * plane, c1 - c0, plane, plane, hwc + n * image + c0, channels);
     }
 MTL_OMP("omp parallel num_threads(s->threads) if (n_rois * per_roi >= ROI_PARALLEL_MIN)")
     {
@@ -530,7 +515,7 @@ MTL_OMP("omp for schedule(dynamic, 1)")
                     for (int c = 0; c < channels; c++)
                         accb[c] *= inv_count;
                 }
-            roi_transpose(acc, out_plane, channels, channels, y + r * per_roi, out_plane);
+            mtl_cpu_transpose_strided(acc, out_plane, channels, channels, y + r * per_roi, out_plane);
         }
     }
     return MTL_OK;
@@ -571,7 +556,7 @@ MTL_OMP("omp parallel num_threads(s->threads) if (x->count + l->tops[0]->count >
             float *db = hwc + s->batch[r] * image + c0;
             if (r + 1 < n_rois)
                 roi_prefetch(dy + ((int64_t)(r + 1) * channels + c0) * out_plane, cw * out_plane);
-            roi_transpose(dy + ((int64_t)r * channels + c0) * out_plane, cw, out_plane, out_plane, g, cw);
+            mtl_cpu_transpose_strided(dy + ((int64_t)r * channels + c0) * out_plane, cw, out_plane, out_plane, g, cw);
             for (int ph = 0; ph < pooled_h; ph++)
                 for (int pw = 0; pw < pooled_w; pw++) {
                     float *gb = g + ((int64_t)ph * pooled_w + pw) * cw;
@@ -600,7 +585,7 @@ MTL_OMP("omp parallel num_threads(s->threads) if (x->count + l->tops[0]->count >
                 }
         }
         for (int n = 0; cw > 0 && n < n_images; n++)
-            roi_transpose(hwc + n * image + c0, plane, cw, channels, dx + n * image + c0 * plane, plane);
+            mtl_cpu_transpose_strided(hwc + n * image + c0, plane, cw, channels, dx + n * image + c0 * plane, plane);
     }
 }
 

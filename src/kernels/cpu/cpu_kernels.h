@@ -47,6 +47,10 @@ void mtl_cpu_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, c
 
 /* b (cols x rows) = a^T for a (rows x cols). */
 void mtl_cpu_transpose(const float *a, int rows, int cols, float *b);
+/* The same inside larger matrices: b[j * ldb + i] = a[i * lda + j] for i < rows, j < cols, in tiles
+ * that keep both sides in L1. */
+void mtl_cpu_transpose_strided(const float *restrict a, int64_t rows, int64_t cols, int64_t lda, float *restrict b,
+                               int64_t ldb);
 
 /* ---- convolution ---- */
 

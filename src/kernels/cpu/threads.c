@@ -94,15 +94,21 @@ MTL_OMP("omp parallel num_threads(threads)")
 /* Tiles of this many rows and columns keep both sides of the transpose in L1. */
 #define TRANSPOSE_TILE 16
 
-void mtl_cpu_transpose(const float *a, int rows, int cols, float *b)
+void mtl_cpu_transpose_strided(const float *restrict a, int64_t rows, int64_t cols, int64_t lda, float *restrict b,
+                               int64_t ldb)
 {
-    for (int i0 = 0; i0 < rows; i0 += TRANSPOSE_TILE) {
-        int i1 = i0 + TRANSPOSE_TILE < rows ? i0 + TRANSPOSE_TILE : rows;
-        for (int j0 = 0; j0 < cols; j0 += TRANSPOSE_TILE) {
-            int j1 = j0 + TRANSPOSE_TILE < cols ? j0 + TRANSPOSE_TILE : cols;
-            for (int j = j0; j < j1; j++)
-                for (int i = i0; i < i1; i++)
-                    b[(int64_t)j * rows + i] = a[(int64_t)i * cols + j];
+    for (int64_t i0 = 0; i0 < rows; i0 += TRANSPOSE_TILE) {
+        int64_t i1 = i0 + TRANSPOSE_TILE < rows ? i0 + TRANSPOSE_TILE : rows;
+        for (int64_t j0 = 0; j0 < cols; j0 += TRANSPOSE_TILE) {
+            int64_t j1 = j0 + TRANSPOSE_TILE < cols ? j0 + TRANSPOSE_TILE : cols;
+            for (int64_t j = j0; j < j1; j++)
+                for (int64_t i = i0; i < i1; i++)
+                    b[j * ldb + i] = a[i * lda + j];
         }
     }
+}
+
+void mtl_cpu_transpose(const float *a, int rows, int cols, float *b)
+{
+    mtl_cpu_transpose_strided(a, rows, cols, cols, b, rows);
 }
