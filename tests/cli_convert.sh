@@ -319,6 +319,10 @@ expect_grep "is 5x2, but the annotations say 6x2" "$work/err" "annotation size c
 sed 's/"category_id": 3/"category_id": 4/' "$work/coco.json" >"$work/coco_cat.json"
 expect_rc 1 "coco unknown category" "$mtl" convert --coco "$work/coco_cat.json" "$img" "$work/e8"
 expect_grep "annotation 0 refers to category 4" "$work/err" "unknown category named"
+sed 's/"category_id": 3/"category_id": 9999999999/; s/{"id": 3, "name"/{"id": 9999999999, "name"/' "$work/coco.json" \
+  >"$work/coco_bigcat.json"
+expect_rc 1 "coco category id beyond 32 bits" "$mtl" convert --coco "$work/coco_bigcat.json" "$img" "$work/e8"
+expect_grep "category 0 has id 9999999999, beyond the 32-bit ids" "$work/err" "category id too large named"
 printf '{"images": [\n{"id": 1,\n "file_name": }]}' >"$work/coco_bad.json"
 expect_rc 1 "coco bad json" "$mtl" convert --coco "$work/coco_bad.json" "$img" "$work/e8"
 expect_grep "coco_bad.json:3: not valid JSON" "$work/err" "JSON error line"

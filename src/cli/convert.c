@@ -232,15 +232,15 @@ static mtl_status read_coco(convert_job *job, mtl_error *err)
 {
     const mtl_coco *c = &job->coco;
     MTL_TRY(mtl_coco_read(job->source, MTL_COCO_ANNOTATIONS | MTL_COCO_IMAGE_FILES, &job->coco, err));
-    int bad = -1; /* the metadata stores category ids as ints: the first one in the file that does not fit */
+    const mtl_coco_category *bad = NULL; /* the metadata stores category ids as ints: the first that does not fit */
     for (int k = 0; k < c->n_categories; k++) {
         const mtl_coco_category *cat = &c->categories[k];
-        if ((cat->id < INT_MIN || cat->id > INT_MAX) && (bad < 0 || cat->index < bad))
-            bad = cat->index;
+        if ((cat->id < INT_MIN || cat->id > INT_MAX) && (!bad || cat->index < bad->index))
+            bad = cat;
     }
-    if (bad >= 0)
-        return mtl_fail(err, MTL_ERR_PARSE, "%s: category %d needs an integer 'id' and a string 'name'", job->source,
-                        bad);
+    if (bad)
+        return mtl_fail(err, MTL_ERR_PARSE, "%s: category %d has id %lld, beyond the 32-bit ids a database stores",
+                        job->source, bad->index, (long long)bad->id);
     job->label_names = calloc((size_t)c->n_categories + 1, sizeof(char *));
     job->category_ids = calloc((size_t)c->n_categories + 1, sizeof(int));
     job->items = calloc((size_t)c->n_images, sizeof(*job->items));
