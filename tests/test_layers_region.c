@@ -698,7 +698,7 @@ static void test_proposal_target_errors(void)
     check_build_fails("type: 'ProposalTarget' proposal_target_param { num_classes: 1 }", bottoms, 2, 2,
                       MTL_ERR_CONFIG, "at least 2");
     check_build_fails("type: 'ProposalTarget' proposal_target_param { num_classes: 3 bbox_normalize_stds: 1 }",
-                      bottoms, 2, 2, MTL_ERR_CONFIG, "bbox_normalize_stds needs 4 values");
+                      bottoms, 2, 2, MTL_ERR_CONFIG, "bbox_normalize_stds has 1 values");
     check_build_fails("type: 'ProposalTarget' proposal_target_param { num_classes: 3 bg_threshold_lo: 0.6 }",
                       bottoms, 2, 2, MTL_ERR_CONFIG, "background IoU range");
     check_build_fails("type: 'ProposalTarget' proposal_target_param { num_classes: 3 fg_threshold: 0 }", bottoms, 2,

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "detection/boxes.h"
+#include "layers/box_normalization.h"
 #include "layers/layers.h"
 
 typedef struct detout_priv {
@@ -44,28 +45,6 @@ static void detout_release(mtl_layer *l)
     l->priv = NULL;
 }
 
-/* Reads a repeated float field of exactly 4 values (or none: the defaults). */
-static mtl_status read_four(mtl_layer *l, mtl_cfg_node *p, const char *name, const float *def, float *out,
-                            mtl_error *err)
-{
-    int n = mtl_cfg_count(p, name);
-    if (n == 0) {
-        memcpy(out, def, 4 * sizeof(float));
-        return MTL_OK;
-    }
-    if (n != 4)
-        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
-                              "%s has %d values; give 4 (one per delta dx dy dw dh) or none for the defaults", name, n);
-    for (int k = 0; k < 4; k++) {
-        double v;
-        MTL_TRY(mtl_cfg_float_at(p, name, k, &v, err));
-        if (!isfinite(v))
-            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "%s value %d is %g; it must be finite", name, k, v);
-        out[k] = (float)v;
-    }
-    return MTL_OK;
-}
-
 /* detection_output_param { num_classes bbox_normalize_means bbox_normalize_stds nms_threshold
  * score_threshold max_per_image } (an mtl layer). num_classes has no default: it must agree with
  * the classifier, and a guessed value would only move the error to the first forward. The deltas
@@ -84,9 +63,7 @@ static mtl_status detout_setup(mtl_layer *l, mtl_error *err)
     double nms, score;
     int given = mtl_cfg_count(p, "num_classes") > 0;
     MTL_TRY(mtl_cfg_int_range(p, "num_classes", 0, 2, 1 << 20, &classes, err));
-    static const float def_means[4] = {0, 0, 0, 0}, def_stds[4] = {0.1f, 0.1f, 0.2f, 0.2f};
-    MTL_TRY(read_four(l, p, "bbox_normalize_means", def_means, d->means, err));
-    MTL_TRY(read_four(l, p, "bbox_normalize_stds", def_stds, d->stds, err));
+    MTL_TRY(mtl_layer_read_box_normalization(l, p, d->means, d->stds, err));
     MTL_TRY(mtl_cfg_float(p, "nms_threshold", 0.3, &nms, err));
     MTL_TRY(mtl_cfg_float(p, "score_threshold", 0.05, &score, err));
     MTL_TRY(mtl_cfg_int_range(p, "max_per_image", 100, 0, 1 << 30, &max_per_image, err));
@@ -94,10 +71,6 @@ static mtl_status detout_setup(mtl_layer *l, mtl_error *err)
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
                               "detection_output_param needs num_classes: the classifier's outputs including the "
                               "background (cls_prob's columns)");
-    for (int k = 0; k < 4; k++)
-        if (!(d->stds[k] > 0))
-            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "bbox_normalize_stds value %d is %g; it must be > 0", k,
-                                  (double)d->stds[k]);
     if (!(nms >= 0 && nms <= 1))
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "nms_threshold must lie in [0, 1] (it is %g)", nms);
     if (!isfinite(score))

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "detection/boxes.h"
+#include "layers/box_normalization.h"
 #include "layers/layers.h"
 
 #define REGION_MAX_ANCHOR_SHAPES 16 /* ratios or scales: more is a typo, not a design */
@@ -638,27 +639,35 @@ typedef struct proposal_target_priv {
     buffer keys, best, idx, samples, max_iou; /* per candidate (R + G) */
 } proposal_target_priv;
 
+/* One repeated float field of exactly 4 values, or none for the defaults. */
 static mtl_status read_four(mtl_layer *l, mtl_cfg_node *p, const char *name, const float *defaults, int positive,
                             float *out, mtl_error *err)
 {
     int n = mtl_cfg_count(p, name);
     if (n != 0 && n != 4)
-        return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "%s needs 4 values (dx dy dw dh), %d given", name, n);
+        return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
+                              "%s has %d values; give 4 (one per delta dx dy dw dh) or none for the defaults", name, n);
     for (int k = 0; k < 4; k++) {
         double v = defaults[k];
         if (n)
             MTL_TRY(mtl_cfg_float_at(p, name, k, &v, err));
         if (!isfinite(v) || (positive && !(v > 0.0)))
-            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "%s value %d is %g; %s expected", name, k, v,
-                                  positive ? "a positive number" : "a finite number");
+            return mtl_layer_fail(l, err, MTL_ERR_CONFIG, "%s value %d is %g; it must be %s", name, k, v,
+                                  positive ? "> 0" : "finite");
         out[k] = (float)v;
     }
     return MTL_OK;
 }
 
-static mtl_status proposal_target_setup(mtl_layer *l, mtl_error *err)
+mtl_status mtl_layer_read_box_normalization(mtl_layer *l, mtl_cfg_node *p, float *means, float *stds, mtl_error *err)
 {
     static const float default_means[4] = {0, 0, 0, 0}, default_stds[4] = {0.1f, 0.1f, 0.2f, 0.2f};
+    MTL_TRY(read_four(l, p, "bbox_normalize_means", default_means, 0, means, err));
+    return read_four(l, p, "bbox_normalize_stds", default_stds, 1, stds, err);
+}
+
+static mtl_status proposal_target_setup(mtl_layer *l, mtl_error *err)
+{
     proposal_target_priv *s = mtl_calloc_or_fail(1, sizeof(*s), err, "ProposalTarget state");
     if (!s)
         return MTL_ERR_NOMEM;
@@ -675,8 +684,7 @@ static mtl_status proposal_target_setup(mtl_layer *l, mtl_error *err)
     MTL_TRY(mtl_cfg_float(p, "fg_threshold", 0.5, &fg, err));
     MTL_TRY(mtl_cfg_float(p, "bg_threshold_hi", 0.5, &hi, err));
     MTL_TRY(mtl_cfg_float(p, "bg_threshold_lo", 0.0, &lo, err));
-    MTL_TRY(read_four(l, p, "bbox_normalize_means", default_means, 0, s->means, err));
-    MTL_TRY(read_four(l, p, "bbox_normalize_stds", default_stds, 1, s->stds, err));
+    MTL_TRY(mtl_layer_read_box_normalization(l, p, s->means, s->stds, err));
     MTL_TRY(mtl_cfg_bool(p, "use_gt", 1, &s->use_gt, err));
     if (!has_classes)
         return mtl_layer_fail(l, err, MTL_ERR_CONFIG,
