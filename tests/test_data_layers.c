@@ -1093,12 +1093,13 @@ static void test_prefetch_errors(void)
     mtl_aligned_free(mine);
 }
 
-/* A detection database: 3 records of 8x10 pixels with 2, 0 and 1 boxes of categories 3 and 7. */
-static int write_box_db(const char *path)
+/* A detection database: 3 records of 8x10 pixels with 2, 0 and 1 boxes of categories 3 and 7 (with
+ * `stray`, record 2's box has category 5, which the metadata does not list). */
+static int write_box_db(const char *path, int stray)
 {
     static const float boxes0[] = {3, 1, 2, 3, 4, /* class x y w h */ 7, 6, 0, 4, 8};
-    static const float boxes2[] = {7, 0.5f, 0.5f, 2, 2};
-    const float *boxes[3] = {boxes0, NULL, boxes2};
+    static const float boxes2[] = {7, 0.5f, 0.5f, 2, 2}, stray2[] = {5, 0.5f, 0.5f, 2, 2};
+    const float *boxes[3] = {boxes0, NULL, stray ? stray2 : boxes2};
     const int n_boxes[3] = {2, 0, 1};
     uint8_t pixels[80] = {0};
     mtl_error err = {0};
@@ -1125,7 +1126,7 @@ static int write_box_db(const char *path)
 static void test_detection_data(void)
 {
     const char *db = tmp_path("boxes_lmdb");
-    if (!write_box_db(db))
+    if (!write_box_db(db, 0))
         return;
     built b;
     if (!build_ok(layer_text("name: 'd' type: 'Data' data_param { source: '%s' batch_size: 3 }", db),
@@ -1181,6 +1182,26 @@ static void test_detection_data(void)
     check_build_fails(layer_text("name: 'd' type: 'Data' data_param { source: '%s' batch_size: 1 } "
                                  "transform_param { landmarks { first_label: 0 count: 1 } }", db),
                       2, MTL_ERR_CONFIG, "box lists");
+
+    /* a third top needs a detection database */
+    const char *plain = tmp_path("plain_for_boxes_lmdb");
+    db_spec spec = {.count = 2, .channels = 1, .height = 2, .width = 2, .n_labels = 1};
+    if (write_db(plain, &spec))
+        check_build_fails(layer_text("name: 'd' type: 'Data' data_param { source: '%s' batch_size: 1 }", plain), 3,
+                          MTL_ERR_CONFIG, "is not a detection database: its tops are data and label");
+
+    /* a box whose category the metadata does not list is named when its batch is read */
+    const char *stray = tmp_path("stray_boxes_lmdb");
+    if (write_box_db(stray, 1) &&
+        build_ok(layer_text("name: 'd' type: 'Data' data_param { source: '%s' batch_size: 3 }", stray), MTL_PHASE_TEST,
+                 2, &b)) {
+        mtl_error err = {0};
+        mtl_status st = step(&b, &err);
+        CHECK_MSG(st == MTL_ERR_CORRUPT && strstr(err.message, "record 2") &&
+                      strstr(err.message, "box 0 has category 5, not one of the database's categories"),
+                  "stray category: got %s '%s'", mtl_status_name(st), err.message);
+        free_built(&b);
+    }
 }
 
 int main(void)
